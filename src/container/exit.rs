@@ -1,0 +1,91 @@
+//! Turning reaped exits into state and /tasks/exit events, in the order
+//! containerd relies on: an exec's exit before its container's init exit,
+//! and no exit before the start event of its process.
+
+use std::sync::Arc;
+
+use containerd_shim_protos::events::task::TaskExit;
+
+use super::process::Process;
+use super::{lock, Container};
+use crate::events::timestamp;
+use crate::reaper::Exit;
+
+impl Container {
+    /// Entry point for an exit the reaper routed to this container.
+    pub fn on_exit(self: &Arc<Self>, exec_id: &str, exit: Exit) {
+        let Ok(p) = self.process(exec_id) else {
+            log::debug!("exit of pid {} for deleted exec {exec_id} of {}", exit.pid, self.id);
+            return;
+        };
+        {
+            let mut st = p.lock();
+            st.reaped = true;
+            if st.starting {
+                st.pending_exit = Some(exit);
+                return;
+            }
+        }
+        self.handle_exit(p, exit);
+    }
+
+    pub(super) fn handle_exit(self: &Arc<Self>, p: Arc<Process>, exit: Exit) {
+        let c = self.clone();
+        tokio::spawn(async move {
+            // Output written before the exit reaches containerd before the exit does.
+            p.drain_io().await;
+            if p.is_init() {
+                let hold = {
+                    let mut gate = lock(&c.gate);
+                    if gate.running_execs > 0 {
+                        gate.held_init = Some(exit);
+                    }
+                    gate.running_execs > 0
+                };
+                if hold {
+                    if !c.own_pid_ns {
+                        // Sharing a pid namespace, execs outlive the init; runc-v2 kills them.
+                        let _ = c.runtime.kill(&c.id, libc::SIGKILL as u32, true).await;
+                    }
+                    return;
+                }
+                c.publish_exit(&p, exit);
+            } else {
+                c.publish_exit(&p, exit);
+                c.exec_finished();
+            }
+        });
+    }
+
+    /// An exec's exit is out (or it never started): release a held init exit.
+    pub(super) fn exec_finished(&self) {
+        let held = {
+            let mut gate = lock(&self.gate);
+            gate.running_execs = gate.running_execs.saturating_sub(1);
+            if gate.running_execs == 0 {
+                gate.held_init.take()
+            } else {
+                None
+            }
+        };
+        if let Some(exit) = held {
+            self.publish_exit(&self.init, exit);
+        }
+    }
+
+    fn publish_exit(&self, p: &Process, exit: Exit) {
+        p.set_exited(exit, &self.id);
+        let exited_at = p.lock().exited_at.map(timestamp);
+        self.publisher.publish(
+            &self.namespace,
+            TaskExit {
+                container_id: self.id.clone(),
+                id: if p.is_init() { self.id.clone() } else { p.exec_id.clone() },
+                pid: exit.pid as u32,
+                exit_status: exit.status as u32,
+                exited_at: exited_at.into(),
+                ..Default::default()
+            },
+        );
+    }
+}

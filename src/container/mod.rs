@@ -1,0 +1,364 @@
+//! A container: its init process, its execs, and the operations on them.
+//! No lock here is held across a runtime call or any await.
+
+mod create;
+mod exit;
+pub mod process;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use containerd_shim_protos::events::task::{TaskExecAdded, TaskExecStarted, TaskPaused, TaskResumed, TaskStart};
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::shim::oci::ProcessDetails;
+use containerd_shim_protos::types::task::ProcessInfo;
+
+pub use create::CreateRequest;
+use process::{Process, Status};
+
+use crate::error::{Error, Result};
+use crate::events::Publisher;
+use crate::reaper::{Owner, Reaper};
+use crate::runtime::{read_pid_file, Runtime};
+use crate::stdio::{self, StdioConfig};
+
+#[derive(Default)]
+struct ExitGate {
+    /// Execs started (or starting) whose exit is not yet published.
+    running_execs: usize,
+    /// The init's exit, held while execs are still to be reported.
+    held_init: Option<crate::reaper::Exit>,
+}
+
+pub struct Container {
+    pub id: String,
+    pub namespace: String,
+    pub bundle: PathBuf,
+    runtime: Runtime,
+    init: Arc<Process>,
+    execs: Mutex<HashMap<String, Arc<Process>>>,
+    gate: Mutex<ExitGate>,
+    publisher: Publisher,
+    reaper: Reaper,
+    /// Whether Keel mounted the rootfs (and so must unmount it).
+    mounted_rootfs: bool,
+    /// Without its own pid namespace, the init's death does not take the
+    /// container's other processes with it: Keel kills them.
+    own_pid_ns: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Container {
+    pub fn init(&self) -> &Arc<Process> {
+        &self.init
+    }
+
+    fn owner(&self, exec_id: &str) -> Owner {
+        Owner { namespace: self.namespace.clone(), container: self.id.clone(), exec_id: exec_id.to_string() }
+    }
+
+    /// The init (empty `exec_id`) or one exec.
+    pub fn process(&self, exec_id: &str) -> Result<Arc<Process>> {
+        if exec_id.is_empty() {
+            return Ok(self.init.clone());
+        }
+        lock(&self.execs)
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("exec {exec_id} not found in task {}", self.id)))
+    }
+
+    pub async fn start(self: &Arc<Self>, exec_id: &str) -> Result<i32> {
+        let p = self.process(exec_id)?;
+        if p.is_init() {
+            self.start_init(&p).await
+        } else {
+            self.start_exec(&p).await
+        }
+    }
+
+    async fn start_init(self: &Arc<Self>, p: &Arc<Process>) -> Result<i32> {
+        {
+            let mut st = p.lock();
+            p.require(&st, &[Status::Created], "start", &self.id)?;
+            if st.starting {
+                return Err(Error::FailedPrecondition(format!("task {} is already starting", self.id)));
+            }
+            st.starting = true;
+        }
+        let res = self.runtime.start(&self.id).await;
+        let pid = {
+            let mut st = p.lock();
+            if res.is_ok() && !st.reaped {
+                p.transition(&mut st, Status::Running, &self.id)?;
+            }
+            st.pid
+        };
+        if res.is_ok() {
+            self.publisher.publish(&self.namespace, TaskStart { container_id: self.id.clone(), pid: pid as u32, ..Default::default() });
+        }
+        self.release_pending_exit(p);
+        res?;
+        Ok(pid)
+    }
+
+    /// Ends a Start's hold on exits, handling one that arrived meanwhile.
+    fn release_pending_exit(self: &Arc<Self>, p: &Arc<Process>) {
+        let pending = {
+            let mut st = p.lock();
+            st.starting = false;
+            st.pending_exit.take()
+        };
+        if let Some(exit) = pending {
+            self.handle_exit(p.clone(), exit);
+        }
+    }
+
+    pub fn add_exec(&self, exec_id: &str, stdio: StdioConfig, spec: Vec<u8>) -> Result<()> {
+        crate::tasklist::validate_id("exec id", exec_id)?;
+        serde_json::from_slice::<oci_spec::runtime::Process>(&spec)
+            .map_err(|e| Error::InvalidArgument(format!("exec {exec_id} of task {}: invalid process spec: {e}", self.id)))?;
+        stdio::parse_target(&stdio.stdout).and(stdio::parse_target(&stdio.stderr)).map_err(Error::from)?;
+        {
+            let st = self.init.lock();
+            if matches!(st.status, Status::Stopped | Status::Deleted) || st.reaped {
+                return Err(Error::FailedPrecondition(format!("cannot exec in task {}: it is stopped", self.id)));
+            }
+        }
+        let mut execs = lock(&self.execs);
+        if execs.contains_key(exec_id) {
+            return Err(Error::AlreadyExists(format!("exec {exec_id} already exists in task {}", self.id)));
+        }
+        execs.insert(exec_id.to_string(), Arc::new(Process::new(exec_id, stdio, spec)));
+        drop(execs);
+        self.publisher.publish(
+            &self.namespace,
+            TaskExecAdded { container_id: self.id.clone(), exec_id: exec_id.to_string(), ..Default::default() },
+        );
+        Ok(())
+    }
+
+    async fn start_exec(self: &Arc<Self>, p: &Arc<Process>) -> Result<i32> {
+        {
+            let mut st = p.lock();
+            p.require(&st, &[Status::Created], "start", &self.id)?;
+            if st.starting {
+                return Err(Error::FailedPrecondition(format!("{} is already starting", p.describe(&self.id))));
+            }
+            st.starting = true;
+        }
+        // Counted before the runtime runs, so an init exit meanwhile waits for this exec.
+        lock(&self.gate).running_execs += 1;
+        match self.run_exec(p).await {
+            Ok(pid) => {
+                self.publisher.publish(
+                    &self.namespace,
+                    TaskExecStarted { container_id: self.id.clone(), exec_id: p.exec_id.clone(), pid: pid as u32, ..Default::default() },
+                );
+                self.release_pending_exit(p);
+                Ok(pid)
+            }
+            Err(e) => {
+                p.lock().starting = false;
+                self.exec_finished();
+                Err(e)
+            }
+        }
+    }
+
+    async fn run_exec(&self, p: &Arc<Process>) -> Result<i32> {
+        let stem = format!("exec-{}", p.exec_id);
+        let spec_file = self.bundle.join(format!("{stem}.json"));
+        let pid_file = self.bundle.join(format!("{stem}.pid"));
+        std::fs::write(&spec_file, &p.spec).map_err(|e| Error::io(format!("write {}", spec_file.display()), e))?;
+        let _ = std::fs::remove_file(&pid_file);
+        let (rio, prepared) = stdio::prepare(&p.stdio, &self.namespace, &self.id, &self.reaper)?;
+        let sub = self.reaper.subscribe();
+        let res = self
+            .runtime
+            .exec(&self.id, &spec_file, &pid_file, prepared.console.as_ref().map(|c| c.path()), rio)
+            .await;
+        let _ = std::fs::remove_file(&spec_file);
+        res?;
+        let master = match &prepared.console {
+            Some(c) => Some(c.receive().await?),
+            None => None,
+        };
+        let pid = read_pid_file(&pid_file).map_err(|e| Error::io(format!("{}: read pid file", p.describe(&self.id)), e))?;
+        let _ = std::fs::remove_file(&pid_file);
+        let early = self.reaper.claim(pid, self.owner(&p.exec_id), &sub);
+        drop(sub);
+        p.set_io(prepared.start(master)?);
+        let mut st = p.lock();
+        st.pid = pid;
+        p.transition(&mut st, Status::Running, &self.id)?;
+        if let Some(exit) = early {
+            st.reaped = true;
+            st.pending_exit = Some(exit);
+        }
+        Ok(pid)
+    }
+
+    pub async fn kill(&self, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let p = self.process(exec_id)?;
+        if signal == 0 || signal > 64 {
+            return Err(Error::InvalidArgument(format!("{}: signal {signal} is out of range (1-64)", p.describe(&self.id))));
+        }
+        let pid = {
+            let st = p.lock();
+            p.require(&st, &[Status::Created, Status::Running, Status::Paused], "kill", &self.id)?;
+            if st.reaped {
+                return Err(Error::NotFound(format!("{}: process already finished", p.describe(&self.id))));
+            }
+            if !p.is_init() && st.pid == 0 {
+                return Err(Error::FailedPrecondition(format!("{}: process not started", p.describe(&self.id))));
+            }
+            st.pid
+        };
+        if p.is_init() {
+            return self.runtime.kill(&self.id, signal, all).await.map_err(|e| {
+                if e.code() == containerd_shim_protos::ttrpc::Code::NOT_FOUND {
+                    Error::NotFound(format!("task {}: process already finished", self.id))
+                } else {
+                    e.into()
+                }
+            });
+        }
+        let sig = nix::sys::signal::Signal::try_from(signal as i32)
+            .map_err(|_| Error::InvalidArgument(format!("{}: signal {signal} is not supported", p.describe(&self.id))))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(|e| match e {
+            nix::errno::Errno::ESRCH => Error::NotFound(format!("{}: process already finished", p.describe(&self.id))),
+            e => Error::io(format!("kill {}", p.describe(&self.id)), e.into()),
+        })
+    }
+
+    /// Deletes an exec, or the whole container when `exec_id` is empty.
+    /// Returns the deleted process for the reply.
+    pub async fn delete(&self, exec_id: &str) -> Result<Arc<Process>> {
+        let p = self.process(exec_id)?;
+        {
+            let st = p.lock();
+            p.require(&st, &[Status::Created, Status::Stopped], "delete", &self.id)?;
+        }
+        if !p.is_init() {
+            lock(&self.execs).remove(exec_id);
+            let mut st = p.lock();
+            let _ = p.transition(&mut st, Status::Deleted, &self.id);
+            drop(st);
+            p.close_io();
+            return Ok(p);
+        }
+        self.runtime.delete(&self.id, true).await?;
+        self.cleanup();
+        let mut st = p.lock();
+        if st.status == Status::Created {
+            // Deleted before it ran: report it as killed, like runc-v2.
+            st.exit_status = 137;
+            st.exited_at = Some(std::time::SystemTime::now());
+        }
+        let _ = p.transition(&mut st, Status::Deleted, &self.id);
+        drop(st);
+        for e in lock(&self.execs).drain().map(|(_, e)| e) {
+            e.close_io();
+        }
+        Ok(p)
+    }
+
+    /// Releases what the container holds on the host: stdio, pid, mounts.
+    fn cleanup(&self) {
+        self.init.close_io();
+        self.reaper.forget(self.init.pid());
+        if self.mounted_rootfs {
+            crate::mount::unmount_all(&self.bundle.join("rootfs"));
+        }
+        let _ = std::fs::remove_file(self.bundle.join("init.pid"));
+    }
+
+    pub async fn pids(&self) -> Result<Vec<ProcessInfo>> {
+        let pids = self.runtime.ps(&self.id).await?;
+        let by_pid: HashMap<i32, String> = lock(&self.execs).values().map(|e| (e.pid(), e.exec_id.clone())).collect();
+        Ok(pids
+            .into_iter()
+            .map(|pid| {
+                let info = by_pid.get(&pid).and_then(|exec_id| {
+                    let details = ProcessDetails { exec_id: exec_id.clone(), ..Default::default() };
+                    details.write_to_bytes().ok().map(|value| Any {
+                        type_url: "containerd.runc.v1.ProcessDetails".into(),
+                        value,
+                        ..Default::default()
+                    })
+                });
+                ProcessInfo { pid: pid as u32, info: info.into(), ..Default::default() }
+            })
+            .collect())
+    }
+
+    pub async fn pause(&self) -> Result<()> {
+        {
+            let st = self.init.lock();
+            self.init.require(&st, &[Status::Running], "pause", &self.id)?;
+        }
+        self.runtime.pause(&self.id).await?;
+        {
+            let mut st = self.init.lock();
+            if st.status == Status::Running {
+                self.init.transition(&mut st, Status::Paused, &self.id)?;
+            }
+        }
+        self.publisher.publish(&self.namespace, TaskPaused { container_id: self.id.clone(), ..Default::default() });
+        Ok(())
+    }
+
+    pub async fn resume(&self) -> Result<()> {
+        {
+            let st = self.init.lock();
+            self.init.require(&st, &[Status::Paused], "resume", &self.id)?;
+        }
+        self.runtime.resume(&self.id).await?;
+        {
+            let mut st = self.init.lock();
+            if st.status == Status::Paused {
+                self.init.transition(&mut st, Status::Running, &self.id)?;
+            }
+        }
+        self.publisher.publish(&self.namespace, TaskResumed { container_id: self.id.clone(), ..Default::default() });
+        Ok(())
+    }
+
+    pub async fn update(&self, resources: &Any) -> Result<()> {
+        {
+            let st = self.init.lock();
+            self.init.require(&st, &[Status::Created, Status::Running, Status::Paused], "update", &self.id)?;
+        }
+        let res: oci_spec::runtime::LinuxResources = serde_json::from_slice(&resources.value)
+            .map_err(|e| Error::InvalidArgument(format!("task {}: invalid resources: {e}", self.id)))?;
+        crate::resources::validate(&res).map_err(|m| Error::InvalidArgument(format!("task {}: {m}", self.id)))?;
+        let file = self.bundle.join("update-resources.json");
+        let json = serde_json::to_vec(&res).map_err(|e| Error::Internal(format!("encode resources: {e}")))?;
+        std::fs::write(&file, json).map_err(|e| Error::io(format!("write {}", file.display()), e))?;
+        let r = self.runtime.update(&self.id, &file).await;
+        let _ = std::fs::remove_file(&file);
+        Ok(r?)
+    }
+
+    pub fn resize(&self, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let p = self.process(exec_id)?;
+        let io = p.io().filter(|io| io.has_console()).ok_or_else(|| {
+            Error::FailedPrecondition(format!("{} has no terminal to resize", p.describe(&self.id)))
+        })?;
+        io.resize(width, height).map_err(|e| Error::io(format!("resize {}", p.describe(&self.id)), e))
+    }
+
+    pub fn close_stdin(&self, exec_id: &str) -> Result<()> {
+        let p = self.process(exec_id)?;
+        if let Some(io) = p.io() {
+            io.close_stdin();
+        }
+        Ok(())
+    }
+}

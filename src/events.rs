@@ -1,0 +1,136 @@
+//! Publishes task events to containerd in the order they were raised: one
+//! forwarder task drains one channel, so ordering is the channel's order.
+
+use std::time::{Duration, SystemTime};
+
+use containerd_shim_protos::events::task::{
+    TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused, TaskResumed, TaskStart,
+};
+use containerd_shim_protos::protobuf::well_known_types::{any::Any, timestamp::Timestamp};
+use containerd_shim_protos::protobuf::MessageFull;
+use containerd_shim_protos::shim::event::Envelope;
+use containerd_shim_protos::shim::events::ForwardRequest;
+use containerd_shim_protos::shim_async::{Client, EventsClient};
+use containerd_shim_protos::ttrpc::context;
+use tokio::sync::{mpsc, oneshot};
+
+/// A task event and the topic containerd files it under.
+pub trait TaskEvent: MessageFull {
+    const TOPIC: &'static str;
+}
+
+macro_rules! topics {
+    ($($ty:ty => $topic:literal),* $(,)?) => { $(impl TaskEvent for $ty { const TOPIC: &'static str = $topic; })* };
+}
+
+topics! {
+    TaskCreate => "/tasks/create",
+    TaskStart => "/tasks/start",
+    TaskExecAdded => "/tasks/exec-added",
+    TaskExecStarted => "/tasks/exec-started",
+    TaskPaused => "/tasks/paused",
+    TaskResumed => "/tasks/resumed",
+    TaskCheckpointed => "/tasks/checkpointed",
+    TaskOOM => "/tasks/oom",
+    TaskExit => "/tasks/exit",
+    TaskDelete => "/tasks/delete",
+}
+
+pub fn timestamp(t: SystemTime) -> Timestamp {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32, ..Default::default() }
+}
+
+enum Item {
+    Event(Envelope),
+    /// Answered once every event queued before it was forwarded.
+    Flush(oneshot::Sender<()>),
+}
+
+#[derive(Clone)]
+pub struct Publisher {
+    tx: mpsc::UnboundedSender<Item>,
+}
+
+impl Publisher {
+    /// The publisher and the forwarder future the caller must spawn.
+    pub fn new(ttrpc_address: &str) -> (Self, impl std::future::Future<Output = ()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let address = if ttrpc_address.contains("://") { ttrpc_address.to_string() } else { format!("unix://{ttrpc_address}") };
+        (Publisher { tx }, forward(address, rx))
+    }
+
+    pub fn publish<E: TaskEvent>(&self, namespace: &str, event: E) {
+        log::debug!("event {} {:?}", E::TOPIC, event);
+        let value = match event.write_to_bytes() {
+            Ok(v) => v,
+            Err(e) => {
+                log::error!("encode {} event: {e}", E::TOPIC);
+                return;
+            }
+        };
+        let envelope = Envelope {
+            timestamp: Some(timestamp(SystemTime::now())).into(),
+            namespace: namespace.to_string(),
+            topic: E::TOPIC.to_string(),
+            event: Some(Any { type_url: E::descriptor().full_name().to_string(), value, ..Default::default() }).into(),
+            ..Default::default()
+        };
+        if self.tx.send(Item::Event(envelope)).is_err() {
+            log::error!("event forwarder is gone; {} event dropped", E::TOPIC);
+        }
+    }
+}
+
+impl Publisher {
+    /// Waits until everything published so far reached containerd (or was given up).
+    pub async fn flush(&self, limit: Duration) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Item::Flush(tx)).is_ok() {
+            let _ = tokio::time::timeout(limit, rx).await;
+        }
+    }
+}
+
+/// How long one event is retried while containerd is unreachable (it may be
+/// restarting) before it is given up, loudly.
+const RETRY_FOR: Duration = Duration::from_secs(300);
+
+async fn forward(address: String, mut rx: mpsc::UnboundedReceiver<Item>) {
+    let mut client: Option<EventsClient> = None;
+    while let Some(item) = rx.recv().await {
+        let envelope = match item {
+            Item::Event(e) => e,
+            Item::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        let req = ForwardRequest { envelope: Some(envelope).into(), ..Default::default() };
+        loop {
+            if client.is_none() {
+                match Client::connect(&address).await {
+                    Ok(c) => client = Some(EventsClient::new(c)),
+                    Err(e) => log::warn!("connect to containerd at {address}: {e}"),
+                }
+            }
+            if let Some(c) = &client {
+                match c.forward(context::with_timeout(Duration::from_secs(5).as_nanos() as i64), &req).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        log::warn!("forward {} event: {e}", req.envelope.topic);
+                        client = None;
+                    }
+                }
+            }
+            if started.elapsed() > RETRY_FOR {
+                log::error!("giving up on {} event after {}s", req.envelope.topic, RETRY_FOR.as_secs());
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! containerd-shim-keel-v1: the containerd runtime shim for `io.containerd.keel.v1`.
+
+mod args;
+mod cgroup;
+mod container;
+mod error;
+mod events;
+mod logger;
+mod manager;
+mod mount;
+mod options;
+mod reaper;
+mod resources;
+mod runtime;
+mod serve;
+mod service;
+mod stdio;
+mod tasklist;
+
+fn main() {
+    let flags = match args::parse(std::env::args().skip(1)) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("containerd-shim-keel-v1: {e}");
+            std::process::exit(2);
+        }
+    };
+    if flags.version {
+        println!("containerd-shim-keel-v1:\n  Version: {}\n  Runtime: io.containerd.keel.v1", env!("CARGO_PKG_VERSION"));
+        return;
+    }
+    let res = match flags.action.as_str() {
+        "start" => manager::start(&flags),
+        "delete" => manager::delete(&flags),
+        "" => serve::run(&flags),
+        other => Err(error::Error::InvalidArgument(format!("unknown action {other:?} (want start or delete)"))),
+    };
+    if let Err(e) = res {
+        eprintln!("containerd-shim-keel-v1: {e}");
+        std::process::exit(1);
+    }
+}

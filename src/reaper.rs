@@ -1,0 +1,217 @@
+//! Subreaper: collects every child of the shim and routes each exit to whoever
+//! owns that pid.
+//!
+//! Two kinds of children exit here. Runtime commands (`runc create`, `runc
+//! exec`, ...) are registered at spawn time, under the same lock the reaper
+//! takes to route an exit, so their exit cannot slip past. Container processes
+//! (init, execs) are reparented to us, and their pid is only known after the
+//! runtime writes its pid file; an exit that arrives before that is kept by a
+//! [`Subscription`] opened before the runtime call, and handed over when the
+//! pid is claimed. Exits nobody owns or waits for are dropped, so nothing grows.
+
+use std::collections::HashMap;
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot};
+
+/// A child's exit as containerd reports it: the exit code, or 128 + signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub pid: i32,
+    pub status: i32,
+}
+
+/// Who a container process belongs to, as the exit router needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub namespace: String,
+    pub container: String,
+    /// Empty for the container's init process.
+    pub exec_id: String,
+}
+
+#[derive(Default)]
+struct Inner {
+    commands: HashMap<i32, oneshot::Sender<i32>>,
+    processes: HashMap<i32, Owner>,
+    subscriptions: HashMap<u64, Vec<Exit>>,
+    next_subscription: u64,
+}
+
+#[derive(Clone)]
+pub struct Reaper {
+    inner: Arc<Mutex<Inner>>,
+    exits: mpsc::UnboundedSender<(Owner, Exit)>,
+}
+
+/// Keeps exits of not-yet-claimed pids while a runtime call is under way.
+pub struct Subscription {
+    reaper: Reaper,
+    id: u64,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.reaper.lock().subscriptions.remove(&self.id);
+    }
+}
+
+pub fn status_of(ws: WaitStatus) -> Option<Exit> {
+    match ws {
+        WaitStatus::Exited(pid, code) => Some(Exit { pid: pid.as_raw(), status: code }),
+        WaitStatus::Signaled(pid, sig, _) => Some(Exit { pid: pid.as_raw(), status: 128 + sig as i32 }),
+        _ => None,
+    }
+}
+
+impl Reaper {
+    /// Creates the reaper and the stream of container-process exits.
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<(Owner, Exit)>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Reaper { inner: Arc::default(), exits: tx }, rx)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic elsewhere must not stop exits from being routed.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs forever: every SIGCHLD drains all exited children.
+    pub async fn run(self) -> std::io::Result<()> {
+        let mut sigchld = signal(SignalKind::child())?;
+        loop {
+            self.reap_all();
+            if sigchld.recv().await.is_none() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn reap_all(&self) {
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
+                Ok(ws) => {
+                    if let Some(exit) = status_of(ws) {
+                        self.route(exit);
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    log::warn!("waitpid: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn route(&self, exit: Exit) {
+        let mut inner = self.lock();
+        if let Some(tx) = inner.commands.remove(&exit.pid) {
+            let _ = tx.send(exit.status);
+        } else if let Some(owner) = inner.processes.remove(&exit.pid) {
+            let _ = self.exits.send((owner, exit));
+        } else if !inner.subscriptions.is_empty() {
+            for buf in inner.subscriptions.values_mut() {
+                buf.push(exit);
+            }
+        } else {
+            log::debug!("reaped unowned pid {} (status {})", exit.pid, exit.status);
+        }
+    }
+
+    /// Spawns a command whose exit status will be delivered on the returned
+    /// receiver. The lock is held across fork/exec so the reaper cannot
+    /// collect the child before its waiter exists.
+    pub fn spawn(&self, cmd: &mut Command) -> std::io::Result<(Child, oneshot::Receiver<i32>)> {
+        let mut inner = self.lock();
+        let child = cmd.spawn()?;
+        let (tx, rx) = oneshot::channel();
+        inner.commands.insert(child.id() as i32, tx);
+        Ok((child, rx))
+    }
+
+    pub fn subscribe(&self) -> Subscription {
+        let mut inner = self.lock();
+        let id = inner.next_subscription;
+        inner.next_subscription += 1;
+        inner.subscriptions.insert(id, Vec::new());
+        Subscription { reaper: self.clone(), id }
+    }
+
+    /// Makes `owner` the receiver of `pid`'s exit. If the pid already exited
+    /// while `sub` was open, that exit is returned instead and the caller
+    /// must handle it (after publishing whatever must precede it).
+    pub fn claim(&self, pid: i32, owner: Owner, sub: &Subscription) -> Option<Exit> {
+        let mut inner = self.lock();
+        let early = inner
+            .subscriptions
+            .get(&sub.id)
+            .and_then(|buf| buf.iter().find(|e| e.pid == pid).copied());
+        if early.is_none() {
+            inner.processes.insert(pid, owner);
+        }
+        early
+    }
+
+    /// Adopts a pid outside of any runtime call (no early exit possible).
+    pub fn adopt(&self, pid: i32, owner: Owner) {
+        self.lock().processes.insert(pid, owner);
+    }
+
+    pub fn forget(&self, pid: i32) {
+        self.lock().processes.remove(&pid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn owner(exec: &str) -> Owner {
+        Owner { namespace: "ns".into(), container: "c".into(), exec_id: exec.into() }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn command_exit_is_delivered_to_its_waiter_not_to_processes() {
+        let (reaper, mut exits) = Reaper::new();
+        tokio::spawn(reaper.clone().run());
+        let (_child, rx) = reaper.spawn(Command::new("sh").args(["-c", "exit 5"])).expect("spawn sh");
+        let status = tokio::time::timeout(Duration::from_secs(5), rx).await.expect("timely").expect("status");
+        assert_eq!(status, 5);
+        assert!(exits.try_recv().is_err(), "a runtime command's exit must not look like a container's");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn exit_before_claim_is_kept_by_the_subscription() {
+        let (reaper, mut exits) = Reaper::new();
+        tokio::spawn(reaper.clone().run());
+        let sub = reaper.subscribe();
+        // Not spawned through the reaper: stands for a process the runtime forked.
+        let child = Command::new("sh").args(["-c", "exit 7"]).spawn().expect("spawn sh");
+        let pid = child.id() as i32;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let early = reaper.claim(pid, owner(""), &sub);
+        assert_eq!(early, Some(Exit { pid, status: 7 }));
+        assert!(exits.try_recv().is_err());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn claimed_pid_exit_reaches_the_exit_stream_with_its_owner() {
+        let (reaper, mut exits) = Reaper::new();
+        tokio::spawn(reaper.clone().run());
+        let sub = reaper.subscribe();
+        let child = Command::new("sh").args(["-c", "sleep 0.2; kill -9 $$"]).spawn().expect("spawn sh");
+        let pid = child.id() as i32;
+        assert_eq!(reaper.claim(pid, owner("e1"), &sub), None);
+        drop(sub);
+        let (who, exit) = tokio::time::timeout(Duration::from_secs(5), exits.recv()).await.expect("timely").expect("exit");
+        assert_eq!(who, owner("e1"));
+        assert_eq!(exit, Exit { pid, status: 137 });
+    }
+}

@@ -1,0 +1,341 @@
+//! Drives the OCI runtime binary (runc, crun): one method per runtime command.
+//!
+//! Every invocation goes through the [`Reaper`], so the shim's subreaper never
+//! steals a runtime command's exit status; no lock of the caller is held here.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use containerd_shim_protos::ttrpc::Code;
+use tokio::io::AsyncReadExt;
+
+use crate::reaper::Reaper;
+
+/// Where runc-v2 keeps runtime state; Keel uses the same so tools agree.
+pub const DEFAULT_ROOT: &str = "/run/containerd/runc";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("OCI runtime binary {binary:?} not found: {source}")]
+    Missing { binary: String, source: std::io::Error },
+    #[error("failed to run OCI runtime {binary:?}: {source}")]
+    Spawn { binary: String, source: std::io::Error },
+    #[error("{binary} {op} {id} failed: {message}")]
+    Failed { binary: String, op: &'static str, id: String, message: String },
+    #[error("{binary} {op} {id} did not finish within {secs}s and was killed")]
+    Timeout { binary: String, op: &'static str, id: String, secs: u64 },
+    #[error("{binary} {op} {id}: unexpected output: {message}")]
+    Output { binary: String, op: &'static str, id: String, message: String },
+}
+
+impl RuntimeError {
+    pub fn code(&self) -> Code {
+        match self {
+            RuntimeError::Missing { .. } => Code::FAILED_PRECONDITION,
+            RuntimeError::Timeout { .. } => Code::DEADLINE_EXCEEDED,
+            RuntimeError::Failed { message, .. } => {
+                let m = message.to_ascii_lowercase();
+                if m.contains("does not exist") || m.contains("not found") || m.contains("no such process") {
+                    Code::NOT_FOUND
+                } else if m.contains("not running") || m.contains("is paused") || m.contains("not paused") || m.contains("stopped") {
+                    Code::FAILED_PRECONDITION
+                } else {
+                    Code::UNKNOWN
+                }
+            }
+            RuntimeError::Spawn { .. } | RuntimeError::Output { .. } => Code::INTERNAL,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, RuntimeError>;
+
+/// The container's stdio as the runtime process gets it; `None` is /dev/null.
+#[derive(Default)]
+pub struct RuntimeIo {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CreateOpts {
+    pub pid_file: PathBuf,
+    pub console_socket: Option<PathBuf>,
+    pub no_pivot: bool,
+    pub no_new_keyring: bool,
+    /// Restore from this checkpoint image instead of creating.
+    pub restore_from: Option<PathBuf>,
+}
+
+#[derive(Clone)]
+pub struct Runtime {
+    binary: String,
+    root: PathBuf,
+    log: PathBuf,
+    systemd_cgroup: bool,
+    timeout: Duration,
+    reaper: Reaper,
+}
+
+fn stdio(fd: Option<OwnedFd>) -> Stdio {
+    fd.map(Stdio::from).unwrap_or_else(Stdio::null)
+}
+
+impl Runtime {
+    pub fn new(binary: &str, root: &Path, bundle: &Path, systemd_cgroup: bool, reaper: Reaper) -> Self {
+        Runtime {
+            binary: if binary.is_empty() { "runc".into() } else { binary.into() },
+            root: root.to_path_buf(),
+            log: bundle.join("log.json"),
+            systemd_cgroup,
+            timeout: DEFAULT_TIMEOUT,
+            reaper,
+        }
+    }
+
+    pub fn binary(&self) -> &str {
+        &self.binary
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    fn command(&self, op: &str) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--root").arg(&self.root).arg("--log").arg(&self.log).args(["--log-format", "json"]);
+        if self.systemd_cgroup {
+            cmd.arg("--systemd-cgroup");
+        }
+        cmd.arg(op);
+        cmd
+    }
+
+    /// Runs one runtime command; returns its stdout. With `io` set, the
+    /// runtime's stdio is the container's, so errors come from the log file.
+    async fn run(&self, op: &'static str, id: &str, mut cmd: Command, io: Option<RuntimeIo>) -> Result<Vec<u8>> {
+        let capture = io.is_none();
+        match io {
+            Some(io) => {
+                cmd.stdin(stdio(io.stdin)).stdout(stdio(io.stdout)).stderr(stdio(io.stderr));
+            }
+            None => {
+                cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            }
+        }
+        log::debug!("runtime: {:?}", cmd);
+        let (mut child, exited) = self.reaper.spawn(&mut cmd).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                RuntimeError::Missing { binary: self.binary.clone(), source }
+            } else {
+                RuntimeError::Spawn { binary: self.binary.clone(), source }
+            }
+        })?;
+        let pid = child.id();
+        let out = child.stdout.take().map(OwnedFd::from);
+        let err = child.stderr.take().map(OwnedFd::from);
+        drop(child);
+        let collect = async {
+            let (o, e) = tokio::join!(read_all(out), read_all(err));
+            let status = exited.await.unwrap_or(-1);
+            (status, o, e)
+        };
+        let (status, stdout, stderr) = match tokio::time::timeout(self.timeout, collect).await {
+            Ok(r) => r,
+            Err(_) => {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                return Err(RuntimeError::Timeout {
+                    binary: self.binary.clone(),
+                    op,
+                    id: id.into(),
+                    secs: self.timeout.as_secs(),
+                });
+            }
+        };
+        if status == 0 {
+            return Ok(stdout);
+        }
+        let mut message = String::from_utf8_lossy(&stderr).trim().to_string();
+        if message.is_empty() || !capture {
+            message = last_error(&self.log).unwrap_or(message);
+        }
+        if message.is_empty() {
+            message = format!("exit status {status}");
+        }
+        Err(RuntimeError::Failed { binary: self.binary.clone(), op, id: id.into(), message })
+    }
+
+    pub async fn create(&self, id: &str, bundle: &Path, opts: &CreateOpts, io: RuntimeIo) -> Result<()> {
+        let op = if opts.restore_from.is_some() { "restore" } else { "create" };
+        let mut cmd = self.command(op);
+        cmd.arg("--bundle").arg(bundle).arg("--pid-file").arg(&opts.pid_file);
+        if let Some(sock) = &opts.console_socket {
+            cmd.arg("--console-socket").arg(sock);
+        }
+        if opts.no_pivot {
+            cmd.arg("--no-pivot");
+        }
+        if opts.no_new_keyring {
+            cmd.arg("--no-new-keyring");
+        }
+        if let Some(image) = &opts.restore_from {
+            cmd.arg("--detach").arg("--image-path").arg(image);
+        }
+        cmd.arg(id);
+        self.run(op, id, cmd, Some(io)).await.map(drop)
+    }
+
+    pub async fn start(&self, id: &str) -> Result<()> {
+        let mut cmd = self.command("start");
+        cmd.arg(id);
+        self.run("start", id, cmd, None).await.map(drop)
+    }
+
+    pub async fn exec(&self, id: &str, process_json: &Path, pid_file: &Path, console_socket: Option<&Path>, io: RuntimeIo) -> Result<()> {
+        let mut cmd = self.command("exec");
+        cmd.arg("--detach").arg("--process").arg(process_json).arg("--pid-file").arg(pid_file);
+        if let Some(sock) = console_socket {
+            cmd.arg("--console-socket").arg(sock);
+        }
+        cmd.arg(id);
+        self.run("exec", id, cmd, Some(io)).await.map(drop)
+    }
+
+    pub async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
+        let mut cmd = self.command("kill");
+        if all {
+            cmd.arg("--all");
+        }
+        cmd.arg(id).arg(signal.to_string());
+        self.run("kill", id, cmd, None).await.map(drop)
+    }
+
+    pub async fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let mut cmd = self.command("delete");
+        if force {
+            cmd.arg("--force");
+        }
+        cmd.arg(id);
+        match self.run("delete", id, cmd, None).await {
+            // Already gone is what delete wants.
+            Err(e) if e.code() == Code::NOT_FOUND => Ok(()),
+            r => r.map(drop),
+        }
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<()> {
+        let mut cmd = self.command("pause");
+        cmd.arg(id);
+        self.run("pause", id, cmd, None).await.map(drop)
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<()> {
+        let mut cmd = self.command("resume");
+        cmd.arg(id);
+        self.run("resume", id, cmd, None).await.map(drop)
+    }
+
+    /// `resources_file` holds the OCI LinuxResources JSON.
+    pub async fn update(&self, id: &str, resources_file: &Path) -> Result<()> {
+        let mut cmd = self.command("update");
+        cmd.arg("--resources").arg(resources_file).arg(id);
+        self.run("update", id, cmd, None).await.map(drop)
+    }
+
+    pub async fn checkpoint(&self, id: &str, args: &[String]) -> Result<()> {
+        let mut cmd = self.command("checkpoint");
+        cmd.args(args).arg(id);
+        self.run("checkpoint", id, cmd, None).await.map(drop)
+    }
+
+    pub async fn ps(&self, id: &str) -> Result<Vec<i32>> {
+        let mut cmd = self.command("ps");
+        cmd.args(["--format", "json"]).arg(id);
+        let out = self.run("ps", id, cmd, None).await?;
+        let text = String::from_utf8_lossy(&out);
+        let text = text.trim();
+        if text.is_empty() || text == "null" {
+            return Ok(Vec::new());
+        }
+        serde_json::from_str(text).map_err(|e| RuntimeError::Output {
+            binary: self.binary.clone(),
+            op: "ps",
+            id: id.into(),
+            message: format!("{e}: {text:.200}"),
+        })
+    }
+}
+
+async fn read_all(fd: Option<OwnedFd>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Some(fd) = fd {
+        if let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+            let _ = rx.read_to_end(&mut buf).await;
+        }
+    }
+    buf
+}
+
+/// The last error the runtime wrote to its JSON log (runc and crun both
+/// write `{"level":"error","msg":...}` lines).
+fn last_error(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines().rev().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        (v.get("level")?.as_str()? == "error").then(|| v.get("msg")?.as_str().map(str::to_string))?
+    })
+}
+
+/// Reads the pid the runtime wrote; runc writes it before it exits.
+pub fn read_pid_file(path: &Path) -> std::io::Result<i32> {
+    let text = std::fs::read_to_string(path)?;
+    text.trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("pid file {} holds {:?}", path.display(), text)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_error_picks_the_newest_error_line() {
+        let dir = std::env::temp_dir().join(format!("keel-rt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let log = dir.join("log.json");
+        std::fs::write(
+            &log,
+            "{\"level\":\"error\",\"msg\":\"old\"}\n{\"level\":\"warning\",\"msg\":\"w\"}\n{\"level\":\"error\",\"msg\":\"container_linux.go: no such file\"}\n{\"level\":\"info\",\"msg\":\"i\"}\n",
+        )
+        .expect("write log");
+        assert_eq!(last_error(&log).as_deref(), Some("container_linux.go: no such file"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn runtime_failures_map_to_grpc_codes() {
+        let failed = |m: &str| RuntimeError::Failed { binary: "runc".into(), op: "kill", id: "c".into(), message: m.into() };
+        assert_eq!(failed("container \"c\" does not exist").code(), Code::NOT_FOUND);
+        assert_eq!(failed("container not running").code(), Code::FAILED_PRECONDITION);
+        assert_eq!(failed("boom").code(), Code::UNKNOWN);
+    }
+
+    #[test]
+    fn pid_file_must_hold_a_positive_pid() {
+        let dir = std::env::temp_dir().join(format!("keel-pid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let f = dir.join("pid");
+        std::fs::write(&f, "1234").expect("write");
+        assert_eq!(read_pid_file(&f).expect("pid"), 1234);
+        std::fs::write(&f, "garbage").expect("write");
+        assert!(read_pid_file(&f).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,0 +1,469 @@
+//! A process's stdio: what the runtime hands the container (pipe ends, a log
+//! file, or a pty via the console socket) and the copies the shim runs
+//! between those and containerd's fifos.
+//!
+//! Output copies are awaited before an exit is published, so nothing written
+//! before exit is lost; the stdin copy is aborted when the process ends, so a
+//! fifo nobody writes to never keeps the shim alive.
+
+use std::fs::OpenOptions as FileOptions;
+use std::io::IoSliceMut;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use containerd_shim_protos::ttrpc::Code;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::unix::pipe;
+use tokio::task::JoinHandle;
+
+use crate::reaper::Reaper;
+use crate::runtime::RuntimeIo;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StdioError {
+    #[error("invalid stdio URI {uri:?}: {reason}")]
+    BadUri { uri: String, reason: String },
+    #[error("open {what} {path:?}: {source}")]
+    Open { what: &'static str, path: String, source: std::io::Error },
+    #[error("{what}: {source}")]
+    Os { what: &'static str, source: std::io::Error },
+    #[error("start logging binary {binary:?}: {reason}")]
+    Logger { binary: String, reason: String },
+    #[error("console socket: {0}")]
+    Console(String),
+}
+
+impl StdioError {
+    pub fn code(&self) -> Code {
+        match self {
+            StdioError::BadUri { .. } => Code::INVALID_ARGUMENT,
+            StdioError::Open { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Code::NOT_FOUND,
+            StdioError::Logger { .. } => Code::FAILED_PRECONDITION,
+            _ => Code::INTERNAL,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, StdioError>;
+
+fn os(what: &'static str) -> impl FnOnce(std::io::Error) -> StdioError {
+    move |source| StdioError::Os { what, source }
+}
+
+/// The stdio a task or exec request names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StdioConfig {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+/// Where an output stream goes, decoded from containerd's string.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Target {
+    Null,
+    Fifo(PathBuf),
+    File(PathBuf),
+    Binary { path: PathBuf, args: Vec<String> },
+}
+
+/// Decodes `""`, a fifo path, `fifo://`, `file://` and `binary://` URIs.
+pub fn parse_target(uri: &str) -> Result<Target> {
+    let bad = |reason: &str| StdioError::BadUri { uri: uri.into(), reason: reason.into() };
+    if uri.is_empty() {
+        return Ok(Target::Null);
+    }
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return if uri.starts_with('/') { Ok(Target::Fifo(uri.into())) } else { Err(bad("not an absolute path or a URI")) };
+    };
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if !path.starts_with('/') {
+        return Err(bad("the path must be absolute (scheme:///abs/path)"));
+    }
+    match scheme {
+        "fifo" => Ok(Target::Fifo(path.into())),
+        "file" => Ok(Target::File(path.into())),
+        "binary" => {
+            let mut args = Vec::new();
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                args.push(k.to_string());
+                if !v.is_empty() {
+                    args.push(v.to_string());
+                }
+            }
+            Ok(Target::Binary { path: path.into(), args })
+        }
+        _ => Err(bad("unsupported scheme (want fifo, file or binary)")),
+    }
+}
+
+fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| StdioError::Os { what: "pipe", source: e.into() })
+}
+
+/// Everything set up before the runtime call; turned into an [`IoHandle`]
+/// once the runtime succeeded.
+pub struct Prepared {
+    cfg: StdioConfig,
+    stdin_w: Option<OwnedFd>,
+    stdout_r: Option<OwnedFd>,
+    stderr_r: Option<OwnedFd>,
+    pub console: Option<ConsoleSocket>,
+}
+
+/// Builds the runtime's stdio for `cfg`. `id` and `namespace` are handed to a
+/// logging binary.
+pub fn prepare(cfg: &StdioConfig, namespace: &str, id: &str, reaper: &Reaper) -> Result<(RuntimeIo, Prepared)> {
+    let mut rio = RuntimeIo::default();
+    let mut p = Prepared { cfg: cfg.clone(), stdin_w: None, stdout_r: None, stderr_r: None, console: None };
+    let stdout = parse_target(&cfg.stdout)?;
+    let stderr = parse_target(&cfg.stderr)?;
+    if !cfg.stdin.is_empty() {
+        if !cfg.stdin.starts_with('/') {
+            return Err(StdioError::BadUri { uri: cfg.stdin.clone(), reason: "stdin must be a fifo path".into() });
+        }
+        if !cfg.terminal {
+            let (r, w) = cloexec_pipe()?;
+            rio.stdin = Some(r);
+            p.stdin_w = Some(w);
+        }
+    }
+    if cfg.terminal {
+        // The pty carries both streams; only fifos make sense on the other side.
+        if matches!(stdout, Target::File(_) | Target::Binary { .. }) {
+            return Err(StdioError::BadUri { uri: cfg.stdout.clone(), reason: "a terminal's output can only go to a fifo".into() });
+        }
+        p.console = Some(ConsoleSocket::new()?);
+        return Ok((rio, p));
+    }
+    match (&stdout, &stderr) {
+        (Target::Binary { path, args }, _) => {
+            let (out_r, out_w) = cloexec_pipe()?;
+            let (err_r, err_w) = cloexec_pipe()?;
+            start_logger(path, args, namespace, id, out_r, err_r, reaper)?;
+            rio.stdout = Some(out_w);
+            rio.stderr = Some(err_w);
+            return Ok((rio, p));
+        }
+        (Target::File(path), _) => {
+            let file = open_log_file(path)?;
+            let dup = file.try_clone().map_err(os("dup log file"))?;
+            rio.stdout = Some(file.into());
+            rio.stderr = match &stderr {
+                Target::File(other) if other != path => Some(open_log_file(other)?.into()),
+                Target::Null => None,
+                _ => Some(dup.into()),
+            };
+            return Ok((rio, p));
+        }
+        _ => {}
+    }
+    for (target, runtime_end, ours) in [(&stdout, &mut rio.stdout, &mut p.stdout_r), (&stderr, &mut rio.stderr, &mut p.stderr_r)] {
+        match target {
+            Target::Null => {}
+            Target::Fifo(_) => {
+                let (r, w) = cloexec_pipe()?;
+                *runtime_end = Some(w);
+                *ours = Some(r);
+            }
+            Target::File(path) => *runtime_end = Some(open_log_file(path)?.into()),
+            Target::Binary { .. } => {
+                return Err(StdioError::BadUri { uri: cfg.stderr.clone(), reason: "binary:// must be the stdout URI".into() })
+            }
+        }
+    }
+    Ok((rio, p))
+}
+
+fn open_log_file(path: &Path) -> Result<std::fs::File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| StdioError::Open { what: "log directory", path: dir.display().to_string(), source })?;
+    }
+    FileOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o644)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|source| StdioError::Open { what: "log file", path: path.display().to_string(), source })
+}
+
+/// Starts a `binary://` logger: fd 3 and 4 carry the container's stdout and
+/// stderr, and the logger closes fd 5 once it is ready to read them.
+fn start_logger(path: &Path, args: &[String], namespace: &str, id: &str, out_r: OwnedFd, err_r: OwnedFd, reaper: &Reaper) -> Result<()> {
+    let fail = |reason: String| StdioError::Logger { binary: path.display().to_string(), reason };
+    let (ready_r, ready_w) = cloexec_pipe()?;
+    // Moved above fd 5 first, so dup2 onto 3..5 never hits one of its sources.
+    let high = |fd: &OwnedFd| -> Result<OwnedFd> {
+        let raw = fcntl(fd.as_fd(), FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(|e| fail(e.to_string()))?;
+        // SAFETY: fcntl just returned this fd to us and nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    };
+    let fds = [high(&out_r)?, high(&err_r)?, high(&ready_w)?];
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let mut cmd = Command::new(path);
+    cmd.args(args)
+        .env("CONTAINER_ID", id)
+        .env("CONTAINER_NAMESPACE", namespace)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: only dup2 runs between fork and exec; it is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (i, fd) in raw.iter().enumerate() {
+                if libc::dup2(*fd, 3 + i as RawFd) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let (_child, _exit) = reaper.spawn(&mut cmd).map_err(|e| fail(e.to_string()))?;
+    drop(fds);
+    drop(ready_w);
+    drop(out_r);
+    drop(err_r);
+    // The logger signals readiness by closing fd 5: wait for EOF, briefly.
+    let mut buf = [0u8; 1];
+    let _ = nix::poll::poll(
+        &mut [nix::poll::PollFd::new(ready_r.as_fd(), nix::poll::PollFlags::POLLIN)],
+        nix::poll::PollTimeout::from(10_000u16),
+    );
+    let _ = nix::unistd::read(&ready_r, &mut buf);
+    Ok(())
+}
+
+static SOCKET_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// The unix socket the runtime sends a new pty's master fd over.
+pub struct ConsoleSocket {
+    path: PathBuf,
+    listener: tokio::net::UnixListener,
+}
+
+impl ConsoleSocket {
+    fn new() -> Result<Self> {
+        let path = std::env::temp_dir().join(format!(
+            "keel-pty-{}-{}.sock",
+            std::process::id(),
+            SOCKET_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path).map_err(|e| StdioError::Console(format!("bind {}: {e}", path.display())))?;
+        Ok(ConsoleSocket { path, listener })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The runtime connected and sent the master during its (successful) call,
+    /// so this only waits for a message that is already queued.
+    pub async fn receive(&self) -> Result<OwnedFd> {
+        let recv = async {
+            let (stream, _) = self.listener.accept().await.map_err(|e| StdioError::Console(format!("accept: {e}")))?;
+            loop {
+                stream.readable().await.map_err(|e| StdioError::Console(e.to_string()))?;
+                match stream.try_io(tokio::io::Interest::READABLE, || recv_fd(stream.as_raw_fd())) {
+                    Ok(fd) => return Ok(fd),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(StdioError::Console(e.to_string())),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), recv)
+            .await
+            .map_err(|_| StdioError::Console("the runtime sent no pty master within 10s".into()))?
+    }
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn recv_fd(sock: RawFd) -> std::io::Result<OwnedFd> {
+    let mut name = [0u8; 4096];
+    let mut iov = [IoSliceMut::new(&mut name)];
+    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<UnixAddr>(sock, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(fd) = fds.first() {
+                // SAFETY: the kernel just installed this fd for us.
+                return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+            }
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "message carried no file descriptor"))
+}
+
+/// The live side of a process's stdio.
+pub struct IoHandle {
+    stdin: Mutex<Option<JoinHandle<()>>>,
+    outputs: Mutex<Vec<JoinHandle<()>>>,
+    console: Option<OwnedFd>,
+}
+
+impl Prepared {
+    /// Starts the copies; `master` is the pty master for a terminal.
+    pub fn start(self, master: Option<OwnedFd>) -> Result<IoHandle> {
+        let cfg = &self.cfg;
+        let mut outputs = Vec::new();
+        let mut stdin = None;
+        if let Some(master) = master {
+            set_nonblocking(&master)?;
+            let reader = master.try_clone().map_err(os("dup pty master"))?;
+            let writer = master.try_clone().map_err(os("dup pty master"))?;
+            if let Target::Fifo(path) = parse_target(&cfg.stdout)? {
+                let rx = pipe::Receiver::from_owned_fd_unchecked(reader).map_err(os("register pty master"))?;
+                outputs.push(tokio::spawn(copy_out(rx, path)));
+            }
+            if !cfg.stdin.is_empty() {
+                let tx = pipe::Sender::from_owned_fd_unchecked(writer).map_err(os("register pty master"))?;
+                stdin = Some(tokio::spawn(copy_in(PathBuf::from(&cfg.stdin), tx)));
+            }
+            return Ok(IoHandle { stdin: Mutex::new(stdin), outputs: Mutex::new(outputs), console: Some(master) });
+        }
+        if let Some(w) = self.stdin_w {
+            let tx = pipe::Sender::from_owned_fd(w).map_err(os("register stdin pipe"))?;
+            stdin = Some(tokio::spawn(copy_in(PathBuf::from(&cfg.stdin), tx)));
+        }
+        for (r, uri) in [(self.stdout_r, &cfg.stdout), (self.stderr_r, &cfg.stderr)] {
+            if let (Some(r), Target::Fifo(path)) = (r, parse_target(uri)?) {
+                let rx = pipe::Receiver::from_owned_fd(r).map_err(os("register output pipe"))?;
+                outputs.push(tokio::spawn(copy_out(rx, path)));
+            }
+        }
+        Ok(IoHandle { stdin: Mutex::new(stdin), outputs: Mutex::new(outputs), console: None })
+    }
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> Result<()> {
+    let flags = fcntl(fd.as_fd(), FcntlArg::F_GETFL).map_err(|e| StdioError::Os { what: "fcntl", source: e.into() })?;
+    fcntl(fd.as_fd(), FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK))
+        .map_err(|e| StdioError::Os { what: "fcntl", source: e.into() })?;
+    Ok(())
+}
+
+/// Copies a container's output into containerd's fifo until the container
+/// side closes (EOF, or EIO once a pty's last slave is gone).
+async fn copy_out(mut from: impl AsyncRead + Unpin, fifo: PathBuf) {
+    // Read-write keeps the fifo usable while no client reads it, as runc-v2
+    // does: a detached client can come back, and the container never gets EPIPE.
+    let to = pipe::OpenOptions::new().read_write(true).open_sender(&fifo);
+    match to {
+        Ok(mut to) => {
+            if let Err(e) = tokio::io::copy(&mut from, &mut to).await {
+                if e.raw_os_error() != Some(libc::EIO) {
+                    log::warn!("copy to {}: {e}", fifo.display());
+                }
+            }
+        }
+        Err(e) => log::warn!("open output fifo {}: {e}", fifo.display()),
+    }
+}
+
+/// Copies containerd's stdin fifo into the container until the client closes it.
+async fn copy_in(fifo: PathBuf, mut to: impl AsyncWrite + Unpin) {
+    match pipe::OpenOptions::new().open_receiver(&fifo) {
+        Ok(mut from) => {
+            if let Err(e) = tokio::io::copy(&mut from, &mut to).await {
+                log::debug!("copy from {}: {e}", fifo.display());
+            }
+        }
+        Err(e) => log::warn!("open stdin fifo {}: {e}", fifo.display()),
+    }
+}
+
+impl IoHandle {
+    pub fn has_console(&self) -> bool {
+        self.console.is_some()
+    }
+
+    pub fn resize(&self, width: u32, height: u32) -> std::io::Result<()> {
+        let Some(master) = &self.console else {
+            return Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "no terminal"));
+        };
+        let ws = libc::winsize {
+            ws_row: height.min(u16::MAX as u32) as u16,
+            ws_col: width.min(u16::MAX as u32) as u16,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from the pointer we pass.
+        if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Stops feeding stdin; the container sees EOF once its pipe closes.
+    pub fn close_stdin(&self) {
+        if let Some(task) = self.stdin.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+    }
+
+    /// Waits until every output copy reached EOF, at most `limit`.
+    pub async fn drain(&self, limit: Duration) {
+        let tasks: Vec<_> = std::mem::take(&mut *self.outputs.lock().unwrap_or_else(|p| p.into_inner()));
+        let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+        let all = async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(limit, all).await.is_err() {
+            log::warn!("output still open {}s after exit (a child keeps it?); closing it", limit.as_secs());
+            aborts.iter().for_each(|a| a.abort());
+        }
+        self.close_stdin();
+    }
+}
+
+impl Drop for IoHandle {
+    fn drop(&mut self) {
+        self.close_stdin();
+        for t in self.outputs.get_mut().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_decode_like_containerd_writes_them() {
+        assert_eq!(parse_target("").expect("empty"), Target::Null);
+        assert_eq!(parse_target("/run/x/stdout").expect("fifo"), Target::Fifo("/run/x/stdout".into()));
+        assert_eq!(parse_target("file:///var/log/c.log").expect("file"), Target::File("/var/log/c.log".into()));
+        assert_eq!(
+            parse_target("binary:///usr/bin/logger?id=1&verbose").expect("binary"),
+            Target::Binary { path: "/usr/bin/logger".into(), args: vec!["id".into(), "1".into(), "verbose".into()] }
+        );
+    }
+
+    #[test]
+    fn bad_uris_are_invalid_arguments() {
+        for uri in ["ftp:///x", "file://relative/path", "relative", "binary://"] {
+            let err = parse_target(uri).expect_err(uri);
+            assert_eq!(err.code(), Code::INVALID_ARGUMENT, "{uri}");
+            assert!(err.to_string().contains(uri), "message names the uri: {err}");
+        }
+    }
+}
