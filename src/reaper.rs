@@ -173,12 +173,20 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    // waitpid(-1) reaps any child of the test process: one reaper at a time.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    fn serial() -> MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn owner(exec: &str) -> Owner {
         Owner { namespace: "ns".into(), container: "c".into(), exec_id: exec.into() }
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn command_exit_is_delivered_to_its_waiter_not_to_processes() {
+        let _serial = serial();
         let (reaper, mut exits) = Reaper::new();
         tokio::spawn(reaper.clone().run());
         let (_child, rx) = reaper.spawn(Command::new("sh").args(["-c", "exit 5"])).expect("spawn sh");
@@ -189,6 +197,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn exit_before_claim_is_kept_by_the_subscription() {
+        let _serial = serial();
         let (reaper, mut exits) = Reaper::new();
         tokio::spawn(reaper.clone().run());
         let sub = reaper.subscribe();
@@ -203,6 +212,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn claimed_pid_exit_reaches_the_exit_stream_with_its_owner() {
+        let _serial = serial();
         let (reaper, mut exits) = Reaper::new();
         tokio::spawn(reaper.clone().run());
         let sub = reaper.subscribe();

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what is missing, then runs the unit tests and
+# the integration tests (real containerd 1.6 and 2.x, real runc) through cargo.
+# Each integration test starts and cleans up its own private containerd.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+bash scripts/install-deps.sh
+bash scripts/make-rootfs.sh >/dev/null
+# Two at a time: the machine has two cores, and every test drives real containers.
+cargo test --release -- --test-threads "${KEEL_TEST_THREADS:-2}" "$@"
