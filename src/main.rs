@@ -1,7 +1,7 @@
 //! containerd-shim-keel-v1: the containerd runtime shim for `io.containerd.keel.v1`.
 
 mod args;
-mod cgroup;
+mod cgroups;
 mod container;
 mod error;
 mod events;

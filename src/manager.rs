@@ -112,7 +112,7 @@ pub fn start(flags: &Flags) -> Result<()> {
         });
     }
     let child = cmd.spawn().map_err(|e| Error::io("spawn shim server", e))?;
-    crate::cgroup::confine_shim(child.id(), &input);
+    crate::cgroups::shim::confine_shim(child.id(), &input);
     drop(listener);
     reply(&bundle, &address, bootstrap.is_some())
 }

@@ -266,11 +266,8 @@ impl Task for Service {
     }
 
     async fn stats(&self, ctx: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {
-        let r = async {
-            self.container(ctx, &req.id)?;
-            Err::<StatsResponse, _>(Error::Unimplemented(format!("task {}: stats are not supported by this version of Keel", req.id)))
-        };
-        reply(&format!("stats {}", req.id), r.await)
+        let r = self.container(ctx, &req.id).and_then(|c| c.stats()).map(|any| StatsResponse { stats: Some(any).into(), ..Default::default() });
+        reply(&format!("stats {}", req.id), r)
     }
 
     async fn connect(&self, ctx: &TtrpcContext, req: ConnectRequest) -> ttrpc::Result<ConnectResponse> {

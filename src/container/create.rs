@@ -112,9 +112,12 @@ impl Container {
             reaper: reaper.clone(),
             mounted_rootfs: !req.rootfs.is_empty(),
             own_pid_ns: has_own_pid_ns(&spec),
+            cgroup: Default::default(),
+            oom: Default::default(),
         });
         let early = reaper.claim(pid, container.owner(""), &sub);
         drop(sub);
+        container.attach_cgroup(pid);
         match prepared.start(master) {
             Ok(io) => container.init.set_io(io),
             Err(e) => {

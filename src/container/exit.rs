@@ -74,6 +74,8 @@ impl Container {
     }
 
     fn publish_exit(&self, p: &Process, exit: Exit) {
+        // An OOM kill that caused this exit is reported before it.
+        self.check_oom();
         p.set_exited(exit, &self.id);
         let exited_at = p.lock().exited_at.map(timestamp);
         self.publisher.publish(

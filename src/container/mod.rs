@@ -7,9 +7,9 @@ pub mod process;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use containerd_shim_protos::events::task::{TaskExecAdded, TaskExecStarted, TaskPaused, TaskResumed, TaskStart};
+use containerd_shim_protos::events::task::{TaskExecAdded, TaskExecStarted, TaskOOM, TaskPaused, TaskResumed, TaskStart};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::oci::ProcessDetails;
@@ -18,6 +18,8 @@ use containerd_shim_protos::types::task::ProcessInfo;
 pub use create::CreateRequest;
 use process::{Process, Status};
 
+use crate::cgroups::oom::OomMonitor;
+use crate::cgroups::{stats, Cgroup};
 use crate::error::{Error, Result};
 use crate::events::Publisher;
 use crate::reaper::{Owner, Reaper};
@@ -47,6 +49,9 @@ pub struct Container {
     /// Without its own pid namespace, the init's death does not take the
     /// container's other processes with it: Keel kills them.
     own_pid_ns: bool,
+    /// Known once the init exists (at create, or at start for a restore).
+    cgroup: OnceLock<Cgroup>,
+    oom: OnceLock<Arc<OomMonitor>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -269,8 +274,49 @@ impl Container {
         Ok(p)
     }
 
+    /// Finds the init's cgroup and starts watching it for OOM kills.
+    fn attach_cgroup(&self, pid: i32) {
+        let cg = match Cgroup::of_pid(pid) {
+            Ok(cg) => cg,
+            Err(e) => {
+                log::warn!("task {}: cgroup of pid {pid}: {e}; no stats or OOM events", self.id);
+                return;
+            }
+        };
+        let (publisher, ns, id) = (self.publisher.clone(), self.namespace.clone(), self.id.clone());
+        match OomMonitor::start(&cg, move || {
+            log::info!("task {id}: OOM kill");
+            publisher.publish(&ns, TaskOOM { container_id: id.clone(), ..Default::default() });
+        }) {
+            Ok(m) => {
+                let _ = self.oom.set(m);
+            }
+            Err(e) => log::warn!("task {}: OOM monitor: {e}", self.id),
+        }
+        let _ = self.cgroup.set(cg);
+    }
+
+    /// Publishes an OOM kill the monitor has not reported yet.
+    fn check_oom(&self) {
+        if let Some(m) = self.oom.get() {
+            m.check();
+        }
+    }
+
+    pub fn stats(&self) -> Result<containerd_shim_protos::protobuf::well_known_types::any::Any> {
+        {
+            let st = self.init.lock();
+            self.init.require(&st, &[Status::Created, Status::Running, Status::Paused], "collect stats of", &self.id)?;
+        }
+        let cg = self.cgroup.get().ok_or_else(|| Error::NotFound(format!("task {}: its cgroup is unknown", self.id)))?;
+        Ok(stats::collect(cg))
+    }
+
     /// Releases what the container holds on the host: stdio, pid, mounts.
     fn cleanup(&self) {
+        if let Some(m) = self.oom.get() {
+            m.stop();
+        }
         self.init.close_io();
         self.reaper.forget(self.init.pid());
         if self.mounted_rootfs {

@@ -1,0 +1,124 @@
+//! A container's cgroup: where it is (v1 controllers or one v2 directory),
+//! its metrics for Stats, and the OOM monitor.
+
+pub mod oom;
+pub mod shim;
+pub mod stats;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The cgroup of one process, resolved to directories on this host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cgroup {
+    /// cgroup v1 (or hybrid): one directory per controller.
+    V1(HashMap<String, PathBuf>),
+    /// cgroup v2 (unified): one directory for everything.
+    V2(PathBuf),
+}
+
+/// Where each hierarchy is mounted: v1 controller name (or "" for v2) -> (mount root, mount point).
+fn cgroup_mounts(mountinfo: &str) -> HashMap<String, (String, PathBuf)> {
+    let mut out = HashMap::new();
+    for line in mountinfo.lines() {
+        // id parent major:minor root mountpoint options [optional...] - fstype source superoptions
+        let Some((pre, post)) = line.split_once(" - ") else { continue };
+        let pre: Vec<&str> = pre.split(' ').collect();
+        let post: Vec<&str> = post.split(' ').collect();
+        if pre.len() < 5 || post.len() < 3 {
+            continue;
+        }
+        let (root, point) = (pre[3].to_string(), PathBuf::from(pre[4]));
+        match post[0] {
+            "cgroup2" => {
+                out.entry(String::new()).or_insert((root, point));
+            }
+            "cgroup" => {
+                for opt in post[2].split(',') {
+                    if !matches!(opt, "rw" | "ro") && !opt.starts_with("release_agent") && !opt.starts_with("clone_children") {
+                        out.entry(opt.to_string()).or_insert((root.clone(), point.clone()));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn join(point: &Path, root: &str, path: &str) -> PathBuf {
+    let rel = path.strip_prefix(root).unwrap_or(path).trim_start_matches('/');
+    point.join(rel)
+}
+
+impl Cgroup {
+    /// Resolves `/proc/PID/cgroup` against the mount table. A host whose
+    /// controllers all sit on v1 (hybrid included) is treated as v1.
+    pub fn parse(proc_cgroup: &str, mountinfo: &str) -> Option<Cgroup> {
+        let mounts = cgroup_mounts(mountinfo);
+        let mut v1 = HashMap::new();
+        let mut unified = None;
+        for line in proc_cgroup.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            if controllers.is_empty() {
+                if let Some((root, point)) = mounts.get("") {
+                    unified = Some(join(point, root, path));
+                }
+                continue;
+            }
+            for c in controllers.split(',') {
+                if let Some((root, point)) = mounts.get(c) {
+                    v1.insert(c.to_string(), join(point, root, path));
+                }
+            }
+        }
+        if v1.contains_key("memory") || v1.contains_key("cpuacct") {
+            Some(Cgroup::V1(v1))
+        } else {
+            unified.map(Cgroup::V2)
+        }
+    }
+
+    pub fn of_pid(pid: i32) -> std::io::Result<Cgroup> {
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+        let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
+        Cgroup::parse(&cg, &mi).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("no cgroup found for pid {pid}")))
+    }
+
+    /// The directory of a v1 controller, or the v2 directory.
+    pub fn dir(&self, controller: &str) -> Option<&Path> {
+        match self {
+            Cgroup::V1(m) => m.get(controller).map(PathBuf::as_path),
+            Cgroup::V2(d) => Some(d),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID_MOUNTS: &str = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+38 31 0:35 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn hybrid_host_resolves_to_v1_controller_dirs() {
+        let cg = Cgroup::parse("4:memory:/default/c1\n2:cpuacct:/default/c1\n8:pids:/default/c1\n0::/\n", HYBRID_MOUNTS).expect("cgroup");
+        assert_eq!(cg.dir("memory"), Some(Path::new("/sys/fs/cgroup/memory/default/c1")));
+        assert_eq!(cg.dir("pids"), Some(Path::new("/sys/fs/cgroup/pids/default/c1")));
+        assert!(matches!(cg, Cgroup::V1(_)));
+    }
+
+    #[test]
+    fn unified_host_resolves_to_one_dir() {
+        let mounts = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
+        let cg = Cgroup::parse("0::/default/c1\n", mounts).expect("cgroup");
+        assert_eq!(cg, Cgroup::V2(PathBuf::from("/sys/fs/cgroup/default/c1")));
+    }
+}

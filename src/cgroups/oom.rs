@@ -1,0 +1,159 @@
+//! Watches a container's cgroup for OOM kills and reports each once.
+//!
+//! v1 signals through an eventfd registered on memory.oom_control; v2 bumps
+//! `oom_kill` in memory.events, watched with inotify. Either way the count of
+//! kills is the truth: [`OomMonitor::check`] publishes when it grew, and the
+//! exit path calls it too, so /tasks/oom is out before the /tasks/exit it caused.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use tokio::io::unix::AsyncFd;
+use tokio::task::AbortHandle;
+
+use super::Cgroup;
+
+pub struct OomMonitor {
+    counter: PathBuf,
+    seen: Mutex<u64>,
+    notify: Box<dyn Fn() + Send + Sync>,
+    task: Mutex<Option<AbortHandle>>,
+}
+
+/// The `oom_kill` count in memory.oom_control (v1) or memory.events (v2).
+fn oom_kills(file: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+}
+
+/// Lets tokio poll an fd owned elsewhere in the same task.
+struct Raw(RawFd);
+impl AsRawFd for Raw {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+impl OomMonitor {
+    /// Starts watching; `notify` runs once per OOM kill.
+    pub fn start(cg: &Cgroup, notify: impl Fn() + Send + Sync + 'static) -> std::io::Result<Arc<Self>> {
+        let (counter, v2) = match cg {
+            Cgroup::V1(m) => (m.get("memory").ok_or_else(|| std::io::Error::other("no memory controller"))?.join("memory.oom_control"), false),
+            Cgroup::V2(dir) => (dir.join("memory.events"), true),
+        };
+        let seen = oom_kills(&counter).unwrap_or(0);
+        let mon = Arc::new(OomMonitor { counter: counter.clone(), seen: Mutex::new(seen), notify: Box::new(notify), task: Mutex::new(None) });
+        let watcher = mon.clone();
+        let task = if v2 {
+            let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(std::io::Error::from)?;
+            ino.add_watch(&counter, AddWatchFlags::IN_MODIFY).map_err(std::io::Error::from)?;
+            tokio::spawn(async move { watcher.watch_v2(ino).await })
+        } else {
+            let efd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).map_err(std::io::Error::from)?;
+            let control = std::fs::File::open(&counter)?;
+            let dir = counter.parent().unwrap_or(Path::new("/"));
+            std::fs::write(dir.join("cgroup.event_control"), format!("{} {}", efd.as_fd().as_raw_fd(), control.as_raw_fd()))?;
+            tokio::spawn(async move { watcher.watch_v1(efd, control).await })
+        };
+        *mon.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
+        Ok(mon)
+    }
+
+    async fn watch_v1(self: Arc<Self>, efd: EventFd, _control: std::fs::File) {
+        let Ok(afd) = AsyncFd::new(Raw(efd.as_fd().as_raw_fd())) else { return };
+        loop {
+            let Ok(mut guard) = afd.readable().await else { return };
+            match efd.read() {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EAGAIN) => {
+                    guard.clear_ready();
+                    continue;
+                }
+                Err(_) => return,
+            }
+            // The eventfd also fires when the cgroup goes away.
+            if !self.counter.exists() {
+                return;
+            }
+            self.check();
+        }
+    }
+
+    async fn watch_v2(self: Arc<Self>, ino: Inotify) {
+        let fd: BorrowedFd<'_> = ino.as_fd();
+        let Ok(afd) = AsyncFd::new(Raw(fd.as_raw_fd())) else { return };
+        loop {
+            let Ok(mut guard) = afd.readable().await else { return };
+            match ino.read_events() {
+                Ok(events) => {
+                    if events.iter().any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED)) {
+                        return;
+                    }
+                    self.check();
+                }
+                Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Reports kills not reported yet (at most one event per call, like runc-v2).
+    pub fn check(&self) {
+        let Some(now) = oom_kills(&self.counter) else { return };
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if now > *seen {
+            *seen = now;
+            drop(seen);
+            (self.notify)();
+        }
+    }
+
+    pub fn stop(&self) {
+        if let Some(t) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for OomMonitor {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn v2_counter_growth_is_reported_once_per_change() {
+        let dir = std::env::temp_dir().join(format!("keel-oom-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let events = dir.join("memory.events");
+        std::fs::write(&events, "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n").expect("write");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        let mon = OomMonitor::start(&Cgroup::V2(dir.clone()), move || {
+            h.fetch_add(1, Ordering::SeqCst);
+        })
+        .expect("start");
+        std::fs::write(&events, "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n").expect("write");
+        for _ in 0..50 {
+            if hits.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "inotify must report the kill");
+        mon.check();
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "the same kill is not reported twice");
+        mon.stop();
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
