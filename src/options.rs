@@ -3,7 +3,7 @@
 
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::Message;
-use containerd_shim_protos::shim::oci::Options;
+use containerd_shim_protos::shim::oci::{CheckpointOptions, Options};
 
 use crate::error::{Error, Result};
 
@@ -55,6 +55,17 @@ pub fn decode(any: Option<&Any>) -> Result<RuntimeOptions> {
             "runtime options of type {other:?} are not supported (want {RUNC_OPTIONS})"
         ))),
     }
+}
+
+/// Decodes a Checkpoint request's options (`containerd.runc.v1.CheckpointOptions`).
+pub fn checkpoint_options(any: Option<&Any>) -> Result<CheckpointOptions> {
+    let Some(any) = any.filter(|a| !a.type_url.is_empty() || !a.value.is_empty()) else {
+        return Ok(CheckpointOptions::default());
+    };
+    if type_name(any) != "containerd.runc.v1.CheckpointOptions" {
+        return Err(Error::InvalidArgument(format!("checkpoint options of type {:?} are not supported", any.type_url)));
+    }
+    CheckpointOptions::parse_from_bytes(&any.value).map_err(|e| Error::InvalidArgument(format!("checkpoint options: malformed: {e}")))
 }
 
 #[cfg(test)]

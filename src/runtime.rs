@@ -69,6 +69,7 @@ pub struct CreateOpts {
     pub no_new_keyring: bool,
     /// Restore from this checkpoint image instead of creating.
     pub restore_from: Option<PathBuf>,
+    pub criu_work_path: Option<PathBuf>,
 }
 
 #[derive(Clone)]
@@ -184,7 +185,11 @@ impl Runtime {
             cmd.arg("--no-new-keyring");
         }
         if let Some(image) = &opts.restore_from {
-            cmd.arg("--detach").arg("--image-path").arg(image);
+            // The shim is the subreaper; runc must not become one.
+            cmd.args(["--detach", "--no-subreaper"]).arg("--image-path").arg(image);
+            if let Some(work) = &opts.criu_work_path {
+                cmd.arg("--work-path").arg(work);
+            }
         }
         cmd.arg(id);
         self.run(op, id, cmd, Some(io)).await.map(drop)

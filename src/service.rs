@@ -208,8 +208,9 @@ impl Task for Service {
 
     async fn checkpoint(&self, ctx: &TtrpcContext, req: CheckpointTaskRequest) -> ttrpc::Result<Empty> {
         let r = async {
-            self.container(ctx, &req.id)?;
-            Err::<(), _>(Error::Unimplemented(format!("task {}: checkpoint is not supported by this version of Keel", req.id)))
+            let c = self.container(ctx, &req.id)?;
+            let opts = crate::options::checkpoint_options(req.options.as_ref())?;
+            c.checkpoint(&req.path, &opts).await
         };
         reply(&format!("checkpoint {}", req.id), r.await).map(|_| Empty::new())
     }

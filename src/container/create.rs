@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use containerd_shim_protos::types::mount::Mount;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
-use super::process::{Process, Status};
+use super::process::Process;
 use super::{Container, ExitGate};
 use crate::error::{Error, Result};
 use crate::events::Publisher;
@@ -44,7 +44,8 @@ fn has_own_pid_ns(spec: &Spec) -> bool {
 
 impl Container {
     /// Creates the container; returns it with its init's exit if the init
-    /// already died during the runtime call.
+    /// already died during the runtime call. With a checkpoint, only the
+    /// container is set up: the restore runs at Start, as with runc-v2.
     pub async fn create(req: CreateRequest, reaper: Reaper, publisher: Publisher) -> Result<(Arc<Container>, Option<Exit>)> {
         let id = &req.id;
         if !req.bundle.is_absolute() {
@@ -62,78 +63,83 @@ impl Container {
                 return Err(Error::NotFound(format!("container {id}: rootfs {} does not exist", root.display())));
             }
         }
-        let undo_mount = |e: Error| {
-            if !req.rootfs.is_empty() {
-                crate::mount::unmount_all(&rootfs);
-            }
-            e
-        };
-
         let root = if req.options.root.is_empty() { PathBuf::from(DEFAULT_ROOT) } else { PathBuf::from(&req.options.root) };
         let runtime = Runtime::new(&req.options.binary_name, &root.join(&req.namespace), &req.bundle, req.options.systemd_cgroup, reaper.clone());
-        let (rio, prepared) = stdio::prepare(&req.stdio, &req.namespace, id, &reaper).map_err(|e| undo_mount(e.into()))?;
-        let opts = CreateOpts {
-            pid_file: req.bundle.join("init.pid"),
-            console_socket: prepared.console.as_ref().map(|c| c.path().to_path_buf()),
-            no_pivot: req.options.no_pivot_root,
-            no_new_keyring: req.options.no_new_keyring,
-            restore_from: (!req.checkpoint.is_empty()).then(|| PathBuf::from(&req.checkpoint)),
-        };
-        let sub = reaper.subscribe();
-        if let Err(e) = runtime.create(id, &req.bundle, &opts, rio).await {
-            let _ = runtime.delete(id, true).await;
-            return Err(undo_mount(e.into()));
-        }
-        let finish = async {
-            let master = match &prepared.console {
-                Some(c) => Some(c.receive().await?),
-                None => None,
-            };
-            let pid = read_pid_file(&opts.pid_file).map_err(|e| Error::io(format!("container {id}: read pid file"), e))?;
-            Ok::<_, Error>((master, pid))
-        };
-        let (master, pid) = match finish.await {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = runtime.delete(id, true).await;
-                return Err(undo_mount(e));
-            }
-        };
-        let init = Arc::new(Process::new("", req.stdio.clone(), Vec::new()));
         let container = Arc::new(Container {
             id: id.clone(),
             namespace: req.namespace.clone(),
             bundle: req.bundle.clone(),
             runtime,
-            init,
+            init: Arc::new(Process::new("", req.stdio.clone(), Vec::new())),
             execs: Mutex::default(),
             gate: Mutex::new(ExitGate::default()),
             publisher,
-            reaper: reaper.clone(),
+            reaper,
             mounted_rootfs: !req.rootfs.is_empty(),
             own_pid_ns: has_own_pid_ns(&spec),
             cgroup: Default::default(),
             oom: Default::default(),
+            options: req.options.clone(),
+            restore_from: Mutex::new((!req.checkpoint.is_empty()).then(|| PathBuf::from(&req.checkpoint))),
         });
-        let early = reaper.claim(pid, container.owner(""), &sub);
-        drop(sub);
-        container.attach_cgroup(pid);
-        match prepared.start(master) {
-            Ok(io) => container.init.set_io(io),
+        if !req.checkpoint.is_empty() {
+            return Ok((container, None));
+        }
+        match container.launch(None).await {
+            Ok(early) => Ok((container, early)),
             Err(e) => {
-                let _ = container.runtime.delete(id, true).await;
                 container.cleanup();
-                return Err(e.into());
+                Err(e)
             }
         }
-        {
-            let mut st = container.init.lock();
-            st.pid = pid;
-            // A restored container is already running.
-            if opts.restore_from.is_some() {
-                container.init.transition(&mut st, Status::Running, id)?;
-            }
+    }
+
+    /// Runs `runtime create` (or `restore` from `image`) and adopts the new
+    /// init: its pid, cgroup and stdio.
+    pub(super) async fn launch(&self, image: Option<&Path>) -> Result<Option<Exit>> {
+        let id = &self.id;
+        let (rio, prepared) = stdio::prepare(&self.init.stdio, &self.namespace, id, &self.reaper)?;
+        let opts = CreateOpts {
+            pid_file: self.bundle.join("init.pid"),
+            console_socket: prepared.console.as_ref().map(|c| c.path().to_path_buf()),
+            no_pivot: self.options.no_pivot_root,
+            no_new_keyring: self.options.no_new_keyring,
+            restore_from: image.map(Path::to_path_buf),
+            criu_work_path: image.map(|_| self.criu_work_path()),
+        };
+        let sub = self.reaper.subscribe();
+        if let Err(e) = self.runtime.create(id, &self.bundle, &opts, rio).await {
+            let _ = self.runtime.delete(id, true).await;
+            return Err(e.into());
         }
-        Ok((container, early))
+        let adopt = async {
+            let master = match &prepared.console {
+                Some(c) => Some(c.receive().await?),
+                None => None,
+            };
+            let pid = read_pid_file(&opts.pid_file).map_err(|e| Error::io(format!("container {id}: read pid file"), e))?;
+            let early = self.reaper.claim(pid, self.owner(""), &sub);
+            self.init.set_io(prepared.start(master)?);
+            Ok::<_, Error>((pid, early))
+        };
+        let (pid, early) = match adopt.await {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = self.runtime.delete(id, true).await;
+                return Err(e);
+            }
+        };
+        drop(sub);
+        self.attach_cgroup(pid);
+        self.init.lock().pid = pid;
+        Ok(early)
+    }
+
+    pub(super) fn criu_work_path(&self) -> PathBuf {
+        if self.options.criu_work_path.is_empty() {
+            self.bundle.join("criu-work")
+        } else {
+            PathBuf::from(&self.options.criu_work_path)
+        }
     }
 }

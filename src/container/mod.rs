@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use containerd_shim_protos::events::task::{TaskExecAdded, TaskExecStarted, TaskOOM, TaskPaused, TaskResumed, TaskStart};
+use containerd_shim_protos::events::task::{TaskCheckpointed, TaskExecAdded, TaskExecStarted, TaskOOM, TaskPaused, TaskResumed, TaskStart};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::Message;
-use containerd_shim_protos::shim::oci::ProcessDetails;
+use containerd_shim_protos::shim::oci::{CheckpointOptions, ProcessDetails};
 use containerd_shim_protos::types::task::ProcessInfo;
 
 pub use create::CreateRequest;
@@ -22,6 +22,7 @@ use crate::cgroups::oom::OomMonitor;
 use crate::cgroups::{stats, Cgroup};
 use crate::error::{Error, Result};
 use crate::events::Publisher;
+use crate::options::RuntimeOptions;
 use crate::reaper::{Owner, Reaper};
 use crate::runtime::{read_pid_file, Runtime};
 use crate::stdio::{self, StdioConfig};
@@ -52,10 +53,31 @@ pub struct Container {
     /// Known once the init exists (at create, or at start for a restore).
     cgroup: OnceLock<Cgroup>,
     oom: OnceLock<Arc<OomMonitor>>,
+    options: RuntimeOptions,
+    /// A checkpoint to restore from at Start.
+    restore_from: Mutex<Option<PathBuf>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The runtime's checkpoint flags for containerd's CheckpointOptions.
+pub fn checkpoint_args(image: &str, work: &std::path::Path, o: &CheckpointOptions) -> Vec<String> {
+    let mut a = vec!["--image-path".to_string(), image.to_string(), "--work-path".to_string(), work.display().to_string()];
+    if !o.exit {
+        a.push("--leave-running".into());
+    }
+    for (on, flag) in [(o.open_tcp, "--tcp-established"), (o.external_unix_sockets, "--ext-unix-sk"), (o.terminal, "--shell-job"), (o.file_locks, "--file-locks")] {
+        if on {
+            a.push(flag.into());
+        }
+    }
+    for ns in &o.empty_namespaces {
+        a.push("--empty-ns".into());
+        a.push(ns.clone());
+    }
+    a
 }
 
 impl Container {
@@ -96,7 +118,20 @@ impl Container {
             }
             st.starting = true;
         }
-        let res = self.runtime.start(&self.id).await;
+        let restore = lock(&self.restore_from).take();
+        let res = match &restore {
+            Some(image) => match self.launch(Some(image)).await {
+                Ok(early) => {
+                    p.lock().pending_exit = early;
+                    Ok(())
+                }
+                Err(e) => {
+                    *lock(&self.restore_from) = restore.clone();
+                    Err(e)
+                }
+            },
+            None => self.runtime.start(&self.id).await.map_err(Error::from),
+        };
         let pid = {
             let mut st = p.lock();
             if res.is_ok() && !st.reaped {
@@ -392,6 +427,30 @@ impl Container {
         Ok(r?)
     }
 
+    /// Dumps the container with CRIU through the runtime into `image`.
+    pub async fn checkpoint(&self, image: &str, opts: &CheckpointOptions) -> Result<()> {
+        {
+            let st = self.init.lock();
+            self.init.require(&st, &[Status::Running, Status::Paused], "checkpoint", &self.id)?;
+        }
+        let image = if opts.image_path.is_empty() { image } else { opts.image_path.as_str() };
+        if image.is_empty() {
+            return Err(Error::InvalidArgument(format!("task {}: checkpoint needs an image path", self.id)));
+        }
+        let work = if opts.work_path.is_empty() { self.criu_work_path() } else { PathBuf::from(&opts.work_path) };
+        let args = checkpoint_args(image, &work, opts);
+        let r = self.runtime.checkpoint(&self.id, &args).await;
+        if opts.work_path.is_empty() {
+            let _ = std::fs::remove_dir_all(&work);
+        }
+        r?;
+        self.publisher.publish(
+            &self.namespace,
+            TaskCheckpointed { container_id: self.id.clone(), checkpoint: image.to_string(), ..Default::default() },
+        );
+        Ok(())
+    }
+
     pub fn resize(&self, exec_id: &str, width: u32, height: u32) -> Result<()> {
         let p = self.process(exec_id)?;
         let io = p.io().filter(|io| io.has_console()).ok_or_else(|| {
@@ -406,5 +465,30 @@ impl Container {
             io.close_stdin();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_options_map_to_runtime_flags() {
+        let o = CheckpointOptions {
+            exit: false,
+            open_tcp: true,
+            external_unix_sockets: true,
+            terminal: true,
+            file_locks: true,
+            empty_namespaces: vec!["network".into()],
+            ..Default::default()
+        };
+        let a = checkpoint_args("/img", std::path::Path::new("/work"), &o);
+        assert_eq!(
+            a,
+            ["--image-path", "/img", "--work-path", "/work", "--leave-running", "--tcp-established", "--ext-unix-sk", "--shell-job", "--file-locks", "--empty-ns", "network"]
+        );
+        let exit = CheckpointOptions { exit: true, ..Default::default() };
+        assert!(!checkpoint_args("/img", std::path::Path::new("/w"), &exit).contains(&"--leave-running".to_string()));
     }
 }
