@@ -29,6 +29,13 @@ fn main() {
         println!("containerd-shim-keel-v1:\n  Version: {}\n  Runtime: io.containerd.keel.v1", env!("CARGO_PKG_VERSION"));
         return;
     }
+    if flags.info {
+        if let Err(e) = manager::info() {
+            eprintln!("containerd-shim-keel-v1: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let res = match flags.action.as_str() {
         "start" => manager::start(&flags),
         "delete" => manager::delete(&flags),

@@ -13,7 +13,9 @@ use std::time::SystemTime;
 
 use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::bootstrap_api::{BootstrapParams, BootstrapResult};
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::types::introspection::{RuntimeInfo, RuntimeVersion};
 
 use crate::args::Flags;
 use crate::error::{Error, Result};
@@ -56,6 +58,46 @@ fn bootstrap_params(input: &[u8], flags: &Flags) -> Option<BootstrapParams> {
     (!input.is_empty() && params.instance_id == flags.id && params.namespace == flags.namespace).then_some(params)
 }
 
+/// The runtime options containerd passed to `start`: a protobuf Any on stdin
+/// (up to 2.2), or an extension of the bootstrap params (2.3+).
+fn start_options(input: &[u8], bootstrap: Option<&BootstrapParams>) -> Result<RuntimeOptions> {
+    let any = match bootstrap {
+        Some(p) => p.extensions.iter().find_map(|e| e.value.as_ref().cloned()),
+        None => Any::parse_from_bytes(input).ok().filter(|a| !a.type_url.is_empty()),
+    };
+    crate::options::decode(any.as_ref())
+}
+
+/// `-info`: describes the runtime to containerd 2.x: name, version, and the
+/// OCI runtime's own `features` document.
+pub fn info() -> Result<()> {
+    let mut input = Vec::new();
+    if !nix::unistd::isatty(std::io::stdin()).unwrap_or(false) {
+        let _ = std::io::stdin().read_to_end(&mut input);
+    }
+    let any = (!input.is_empty()).then(|| Any::parse_from_bytes(&input)).transpose().map_err(|e| Error::InvalidArgument(format!("runtime options on stdin: {e}")))?;
+    let opts = crate::options::decode(any.as_ref())?;
+    let binary = if opts.binary_name.is_empty() { "runc".to_string() } else { opts.binary_name.clone() };
+    let out = Command::new(&binary).arg("features").stdin(Stdio::null()).output().map_err(|e| Error::io(format!("run {binary} features"), e))?;
+    if !out.status.success() {
+        return Err(Error::FailedPrecondition(format!("{binary} features: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    let info = RuntimeInfo {
+        name: "io.containerd.keel.v1".into(),
+        version: Some(RuntimeVersion { version: env!("CARGO_PKG_VERSION").into(), ..Default::default() }).into(),
+        options: any.into(),
+        features: Some(Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/features/Features".into(),
+            value: out.stdout,
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    let bytes = info.write_to_bytes().map_err(|e| Error::Internal(format!("encode runtime info: {e}")))?;
+    std::io::stdout().write_all(&bytes).map_err(|e| Error::io("write runtime info", e))
+}
+
 pub fn start(flags: &Flags) -> Result<()> {
     let mut input = Vec::new();
     if !nix::unistd::isatty(std::io::stdin()).unwrap_or(false) {
@@ -69,6 +111,7 @@ pub fn start(flags: &Flags) -> Result<()> {
     if ttrpc_address.is_empty() {
         return Err(Error::InvalidArgument(format!("{TTRPC_ADDRESS} is not set: containerd's ttrpc address is needed to publish events")));
     }
+    let shim_cgroup = start_options(&input, bootstrap.as_ref())?.shim_cgroup;
     let bundle = std::env::current_dir().map_err(|e| Error::io("current directory", e))?;
     let group = group_of(&bundle, &flags.id);
     std::fs::DirBuilder::new().recursive(true).mode(0o711).create(SOCKET_DIR).map_err(|e| Error::io(format!("create {SOCKET_DIR}"), e))?;
@@ -111,8 +154,13 @@ pub fn start(flags: &Flags) -> Result<()> {
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|e| Error::io("spawn shim server", e))?;
-    crate::cgroups::shim::confine_shim(child.id(), &input);
+    let mut child = cmd.spawn().map_err(|e| Error::io("spawn shim server", e))?;
+    if let Err(e) = crate::cgroups::shim::confine_shim(child.id(), &shim_cgroup) {
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_file(&path);
+        return Err(Error::FailedPrecondition(e));
+    }
     drop(listener);
     reply(&bundle, &address, bootstrap.is_some())
 }

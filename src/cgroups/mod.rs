@@ -18,7 +18,7 @@ pub enum Cgroup {
 }
 
 /// Where each hierarchy is mounted: v1 controller name (or "" for v2) -> (mount root, mount point).
-fn cgroup_mounts(mountinfo: &str) -> HashMap<String, (String, PathBuf)> {
+pub(crate) fn cgroup_mounts(mountinfo: &str) -> HashMap<String, (String, PathBuf)> {
     let mut out = HashMap::new();
     for line in mountinfo.lines() {
         // id parent major:minor root mountpoint options [optional...] - fstype source superoptions
