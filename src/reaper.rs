@@ -10,6 +10,7 @@
 //! pid is claimed. Exits nobody owns or waits for are dropped, so nothing grows.
 
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -46,6 +47,31 @@ struct Inner {
 pub struct Reaper {
     inner: Arc<Mutex<Inner>>,
     exits: mpsc::UnboundedSender<(Owner, Exit)>,
+}
+
+/// The outcome of [`Reaper::claim`].
+pub struct Claim {
+    /// The pid had already exited.
+    pub early: Option<Exit>,
+    /// Where the kernel has pidfds (5.3+); `None` falls back to the plain pid.
+    pub pidfd: Option<OwnedFd>,
+}
+
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a non-negative return is a fresh fd that we own.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Sends `signal` through a pidfd: ESRCH once the process is gone, never to another.
+pub fn pidfd_send_signal(pidfd: &OwnedFd, signal: i32) -> std::io::Result<()> {
+    // SAFETY: pidfd_send_signal(fd, sig, NULL info, 0 flags).
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, std::ptr::null::<libc::siginfo_t>(), 0) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Keeps exits of not-yet-claimed pids while a runtime call is under way.
@@ -146,21 +172,21 @@ impl Reaper {
     /// Makes `owner` the receiver of `pid`'s exit. If the pid already exited
     /// while `sub` was open, that exit is returned instead and the caller
     /// must handle it (after publishing whatever must precede it).
-    pub fn claim(&self, pid: i32, owner: Owner, sub: &Subscription) -> Option<Exit> {
+    ///
+    /// Otherwise a pidfd is opened for it: under the lock the pid is not yet
+    /// reaped, so it cannot have been recycled, and signals sent through the
+    /// pidfd can never reach another process later.
+    pub fn claim(&self, pid: i32, owner: Owner, sub: &Subscription) -> Claim {
         let mut inner = self.lock();
         let early = inner
             .subscriptions
             .get(&sub.id)
             .and_then(|buf| buf.iter().find(|e| e.pid == pid).copied());
-        if early.is_none() {
-            inner.processes.insert(pid, owner);
+        if early.is_some() {
+            return Claim { early, pidfd: None };
         }
-        early
-    }
-
-    /// Adopts a pid outside of any runtime call (no early exit possible).
-    pub fn adopt(&self, pid: i32, owner: Owner) {
-        self.lock().processes.insert(pid, owner);
+        inner.processes.insert(pid, owner);
+        Claim { early: None, pidfd: pidfd_open(pid) }
     }
 
     pub fn forget(&self, pid: i32) {
@@ -205,8 +231,8 @@ mod tests {
         let child = Command::new("sh").args(["-c", "exit 7"]).spawn().expect("spawn sh");
         let pid = child.id() as i32;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let early = reaper.claim(pid, owner(""), &sub);
-        assert_eq!(early, Some(Exit { pid, status: 7 }));
+        let claim = reaper.claim(pid, owner(""), &sub);
+        assert_eq!(claim.early, Some(Exit { pid, status: 7 }));
         assert!(exits.try_recv().is_err());
     }
 
@@ -218,7 +244,9 @@ mod tests {
         let sub = reaper.subscribe();
         let child = Command::new("sh").args(["-c", "sleep 0.2; kill -9 $$"]).spawn().expect("spawn sh");
         let pid = child.id() as i32;
-        assert_eq!(reaper.claim(pid, owner("e1"), &sub), None);
+        let claim = reaper.claim(pid, owner("e1"), &sub);
+        assert_eq!(claim.early, None);
+        assert!(claim.pidfd.is_some(), "this kernel has pidfd_open");
         drop(sub);
         let (who, exit) = tokio::time::timeout(Duration::from_secs(5), exits.recv()).await.expect("timely").expect("exit");
         assert_eq!(who, owner("e1"));

@@ -16,6 +16,12 @@ use crate::reaper::Reaper;
 /// Where runc-v2 keeps runtime state; Keel uses the same so tools agree.
 pub const DEFAULT_ROOT: &str = "/run/containerd/runc";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Environment variable (inherited from containerd) bounding one runtime call, in seconds.
+pub const TIMEOUT_ENV: &str = "KEEL_RUNTIME_TIMEOUT";
+
+fn configured_timeout() -> Duration {
+    std::env::var(TIMEOUT_ENV).ok().and_then(|v| v.parse::<u64>().ok()).filter(|s| *s > 0).map(Duration::from_secs).unwrap_or(DEFAULT_TIMEOUT)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -93,18 +99,9 @@ impl Runtime {
             root: root.to_path_buf(),
             log: bundle.join("log.json"),
             systemd_cgroup,
-            timeout: DEFAULT_TIMEOUT,
+            timeout: configured_timeout(),
             reaper,
         }
-    }
-
-    pub fn binary(&self) -> &str {
-        &self.binary
-    }
-
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
     }
 
     fn command(&self, op: &str) -> Command {

@@ -80,10 +80,6 @@ impl<T> TaskList<T> {
     pub fn len(&self) -> usize {
         self.lock().values().map(HashMap::len).sum()
     }
-
-    pub fn all(&self) -> Vec<Arc<T>> {
-        self.lock().values().flat_map(|ns| ns.values().cloned()).collect()
-    }
 }
 
 #[cfg(test)]

@@ -86,13 +86,6 @@ impl Cgroup {
         Cgroup::parse(&cg, &mi).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("no cgroup found for pid {pid}")))
     }
 
-    /// The directory of a v1 controller, or the v2 directory.
-    pub fn dir(&self, controller: &str) -> Option<&Path> {
-        match self {
-            Cgroup::V1(m) => m.get(controller).map(PathBuf::as_path),
-            Cgroup::V2(d) => Some(d),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -110,9 +103,9 @@ mod tests {
     #[test]
     fn hybrid_host_resolves_to_v1_controller_dirs() {
         let cg = Cgroup::parse("4:memory:/default/c1\n2:cpuacct:/default/c1\n8:pids:/default/c1\n0::/\n", HYBRID_MOUNTS).expect("cgroup");
-        assert_eq!(cg.dir("memory"), Some(Path::new("/sys/fs/cgroup/memory/default/c1")));
-        assert_eq!(cg.dir("pids"), Some(Path::new("/sys/fs/cgroup/pids/default/c1")));
-        assert!(matches!(cg, Cgroup::V1(_)));
+        let Cgroup::V1(dirs) = cg else { panic!("hybrid host must resolve to v1: {cg:?}") };
+        assert_eq!(dirs.get("memory").map(PathBuf::as_path), Some(Path::new("/sys/fs/cgroup/memory/default/c1")));
+        assert_eq!(dirs.get("pids").map(PathBuf::as_path), Some(Path::new("/sys/fs/cgroup/pids/default/c1")));
     }
 
     #[test]

@@ -63,7 +63,8 @@ impl OomMonitor {
     }
 
     async fn watch_v1(self: Arc<Self>, efd: EventFd, _control: std::fs::File) {
-        let Ok(afd) = AsyncFd::new(Raw(efd.as_fd().as_raw_fd())) else { return };
+        // SAFETY: `efd` owns the fd and outlives `afd` (declared before it, dropped after).
+        let Ok(afd) = (unsafe { AsyncFd::register(Raw(efd.as_fd().as_raw_fd())) }) else { return };
         loop {
             let Ok(mut guard) = afd.readable().await else { return };
             match efd.read() {
@@ -84,7 +85,8 @@ impl OomMonitor {
 
     async fn watch_v2(self: Arc<Self>, ino: Inotify) {
         let fd: BorrowedFd<'_> = ino.as_fd();
-        let Ok(afd) = AsyncFd::new(Raw(fd.as_raw_fd())) else { return };
+        // SAFETY: `ino` owns the fd and outlives `afd` (declared before it, dropped after).
+        let Ok(afd) = (unsafe { AsyncFd::register(Raw(fd.as_raw_fd())) }) else { return };
         loop {
             let Ok(mut guard) = afd.readable().await else { return };
             match ino.read_events() {

@@ -7,7 +7,7 @@ use std::path::Path;
 use containerd_shim_protos::cgroups::metrics as v1;
 use containerd_shim_protos::cgroups_v2::metrics as v2;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use containerd_shim_protos::protobuf::{Message, MessageFull};
+use containerd_shim_protos::protobuf::MessageFull;
 
 use super::Cgroup;
 
@@ -205,6 +205,7 @@ pub fn collect(cg: &Cgroup) -> Any {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use containerd_shim_protos::protobuf::Message;
 
     fn scratch(name: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("keel-stats-{name}-{}", std::process::id()));

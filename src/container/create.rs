@@ -118,11 +118,11 @@ impl Container {
                 None => None,
             };
             let pid = read_pid_file(&opts.pid_file).map_err(|e| Error::io(format!("container {id}: read pid file"), e))?;
-            let early = self.reaper.claim(pid, self.owner(""), &sub);
+            let claim = self.reaper.claim(pid, self.owner(""), &sub);
             self.init.set_io(prepared.start(master)?);
-            Ok::<_, Error>((pid, early))
+            Ok::<_, Error>((pid, claim))
         };
-        let (pid, early) = match adopt.await {
+        let (pid, claim) = match adopt.await {
             Ok(v) => v,
             Err(e) => {
                 let _ = self.runtime.delete(id, true).await;
@@ -131,8 +131,10 @@ impl Container {
         };
         drop(sub);
         self.attach_cgroup(pid);
-        self.init.lock().pid = pid;
-        Ok(early)
+        let mut st = self.init.lock();
+        st.pid = pid;
+        st.pidfd = claim.pidfd.map(Arc::new);
+        Ok(claim.early)
     }
 
     pub(super) fn criu_work_path(&self) -> PathBuf {

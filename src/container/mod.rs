@@ -231,11 +231,13 @@ impl Container {
         };
         let pid = read_pid_file(&pid_file).map_err(|e| Error::io(format!("{}: read pid file", p.describe(&self.id)), e))?;
         let _ = std::fs::remove_file(&pid_file);
-        let early = self.reaper.claim(pid, self.owner(&p.exec_id), &sub);
+        let claim = self.reaper.claim(pid, self.owner(&p.exec_id), &sub);
         drop(sub);
         p.set_io(prepared.start(master)?);
+        let early = claim.early;
         let mut st = p.lock();
         st.pid = pid;
+        st.pidfd = claim.pidfd.map(Arc::new);
         p.transition(&mut st, Status::Running, &self.id)?;
         if let Some(exit) = early {
             st.reaped = true;
@@ -249,7 +251,7 @@ impl Container {
         if signal == 0 || signal > 64 {
             return Err(Error::InvalidArgument(format!("{}: signal {signal} is out of range (1-64)", p.describe(&self.id))));
         }
-        let pid = {
+        let (pid, pidfd) = {
             let st = p.lock();
             p.require(&st, &[Status::Created, Status::Running, Status::Paused], "kill", &self.id)?;
             if st.reaped {
@@ -258,7 +260,7 @@ impl Container {
             if !p.is_init() && st.pid == 0 {
                 return Err(Error::FailedPrecondition(format!("{}: process not started", p.describe(&self.id))));
             }
-            st.pid
+            (st.pid, st.pidfd.clone())
         };
         if p.is_init() {
             return self.runtime.kill(&self.id, signal, all).await.map_err(|e| {
@@ -269,11 +271,17 @@ impl Container {
                 }
             });
         }
-        let sig = nix::sys::signal::Signal::try_from(signal as i32)
-            .map_err(|_| Error::InvalidArgument(format!("{}: signal {signal} is not supported", p.describe(&self.id))))?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(|e| match e {
-            nix::errno::Errno::ESRCH => Error::NotFound(format!("{}: process already finished", p.describe(&self.id))),
-            e => Error::io(format!("kill {}", p.describe(&self.id)), e.into()),
+        let sent = match &pidfd {
+            Some(fd) => crate::reaper::pidfd_send_signal(fd, signal as i32),
+            // SAFETY: kill(2) with a pid and a signal number checked above.
+            None => match unsafe { libc::kill(pid, signal as i32) } {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            },
+        };
+        sent.map_err(|e| match e.raw_os_error() {
+            Some(libc::ESRCH) => Error::NotFound(format!("{}: process already finished", p.describe(&self.id))),
+            _ => Error::io(format!("kill {}", p.describe(&self.id)), e),
         })
     }
 

@@ -44,6 +44,8 @@ pub struct State {
     pub pending_exit: Option<Exit>,
     /// The pid is gone (reaped): signals must not reach a recycled pid.
     pub reaped: bool,
+    /// Signals go through this when the kernel has pidfds.
+    pub pidfd: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 pub struct Process {
@@ -75,6 +77,7 @@ impl Process {
                 starting: false,
                 pending_exit: None,
                 reaped: false,
+                pidfd: None,
             }),
             done: watch::channel(false).0,
             io: Mutex::new(None),
@@ -87,10 +90,6 @@ impl Process {
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn status(&self) -> Status {
-        self.lock().status
     }
 
     pub fn pid(&self) -> i32 {
@@ -144,6 +143,7 @@ impl Process {
         st.exit_status = exit.status as u32;
         st.exited_at = Some(SystemTime::now());
         st.reaped = true;
+        st.pidfd = None;
         if st.status != Status::Stopped && st.status != Status::Deleted {
             if let Err(e) = self.transition(&mut st, Status::Stopped, container) {
                 log::error!("{e}");
