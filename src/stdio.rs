@@ -67,6 +67,14 @@ pub struct StdioConfig {
     pub terminal: bool,
 }
 
+/// Owner given to the container's ends of the stdio pipes (runc-v2's IoUid /
+/// IoGid), so a container running as that user can reopen /proc/self/fd/N.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoOwner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// Where an output stream goes, decoded from containerd's string.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Target {
@@ -123,7 +131,18 @@ pub struct Prepared {
 
 /// Builds the runtime's stdio for `cfg`. `id` and `namespace` are handed to a
 /// logging binary.
-pub fn prepare(cfg: &StdioConfig, namespace: &str, id: &str, reaper: &Reaper) -> Result<(RuntimeIo, Prepared)> {
+pub fn prepare(cfg: &StdioConfig, owner: IoOwner, namespace: &str, id: &str, reaper: &Reaper) -> Result<(RuntimeIo, Prepared)> {
+    let (rio, p) = prepare_ends(cfg, namespace, id, reaper)?;
+    if owner != IoOwner::default() {
+        for fd in [&rio.stdin, &rio.stdout, &rio.stderr].into_iter().flatten() {
+            nix::unistd::fchown(fd, Some(owner.uid.into()), Some(owner.gid.into()))
+                .map_err(|e| StdioError::Os { what: "chown stdio pipe to IoUid/IoGid", source: e.into() })?;
+        }
+    }
+    Ok((rio, p))
+}
+
+fn prepare_ends(cfg: &StdioConfig, namespace: &str, id: &str, reaper: &Reaper) -> Result<(RuntimeIo, Prepared)> {
     let mut rio = RuntimeIo::default();
     let mut p = Prepared { cfg: cfg.clone(), stdin_w: None, stdout_r: None, stderr_r: None, console: None };
     let stdout = parse_target(&cfg.stdout)?;

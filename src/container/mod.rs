@@ -85,6 +85,10 @@ impl Container {
         &self.init
     }
 
+    fn io_owner(&self) -> stdio::IoOwner {
+        stdio::IoOwner { uid: self.options.io_uid, gid: self.options.io_gid }
+    }
+
     fn owner(&self, exec_id: &str) -> Owner {
         Owner { namespace: self.namespace.clone(), container: self.id.clone(), exec_id: exec_id.to_string() }
     }
@@ -217,7 +221,7 @@ impl Container {
         let pid_file = self.bundle.join(format!("{stem}.pid"));
         std::fs::write(&spec_file, &p.spec).map_err(|e| Error::io(format!("write {}", spec_file.display()), e))?;
         let _ = std::fs::remove_file(&pid_file);
-        let (rio, prepared) = stdio::prepare(&p.stdio, &self.namespace, &self.id, &self.reaper)?;
+        let (rio, prepared) = stdio::prepare(&p.stdio, self.io_owner(), &self.namespace, &self.id, &self.reaper)?;
         let sub = self.reaper.subscribe();
         let res = self
             .runtime
