@@ -1,21 +1,7 @@
 //! containerd-shim-keel-v1: the containerd runtime shim for `io.containerd.keel.v1`.
+//! The binary only dispatches the action containerd asked for.
 
-mod args;
-mod cgroups;
-mod container;
-mod error;
-mod events;
-mod logger;
-mod manager;
-mod mount;
-mod options;
-mod reaper;
-mod resources;
-mod runtime;
-mod serve;
-mod service;
-mod stdio;
-mod tasklist;
+use keel::{args, error, manager, serve};
 
 fn main() {
     let flags = match args::parse(std::env::args().skip(1)) {
