@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Child, Command};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -26,13 +26,29 @@ pub struct Exit {
     pub status: i32,
 }
 
-/// Who a container process belongs to, as the exit router needs it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Receives the exits of the processes it claimed (a container).
+pub trait ExitSink: Send + Sync {
+    fn exited(self: Arc<Self>, exec_id: &str, exit: Exit);
+}
+
+/// Who a container process belongs to. The sink is held weakly and directly,
+/// not looked up by id: an exit that lands before its container is listed
+/// (between the runtime's create and the end of Create) still reaches it.
+#[derive(Clone)]
 pub struct Owner {
-    pub namespace: String,
-    pub container: String,
+    pub sink: Weak<dyn ExitSink>,
     /// Empty for the container's init process.
     pub exec_id: String,
+}
+
+impl Owner {
+    /// Hands the exit to its sink, if that still exists.
+    pub fn deliver(self, exit: Exit) {
+        match self.sink.upgrade() {
+            Some(sink) => sink.exited(&self.exec_id, exit),
+            None => log::debug!("exit of pid {} for a deleted container", exit.pid),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -206,8 +222,18 @@ mod tests {
         SERIAL.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn owner(exec: &str) -> Owner {
-        Owner { namespace: "ns".into(), container: "c".into(), exec_id: exec.into() }
+    /// Records what it is given.
+    #[derive(Default)]
+    struct Sink(Mutex<Vec<(String, Exit)>>);
+    impl ExitSink for Sink {
+        fn exited(self: Arc<Self>, exec_id: &str, exit: Exit) {
+            self.0.lock().expect("sink").push((exec_id.to_string(), exit));
+        }
+    }
+
+    fn owner(sink: &Arc<Sink>, exec: &str) -> Owner {
+        let weak: Weak<Sink> = Arc::downgrade(sink);
+        Owner { sink: weak, exec_id: exec.into() }
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -231,7 +257,8 @@ mod tests {
         let child = Command::new("sh").args(["-c", "exit 7"]).spawn().expect("spawn sh");
         let pid = child.id() as i32;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let claim = reaper.claim(pid, owner(""), &sub);
+        let sink = Arc::new(Sink::default());
+        let claim = reaper.claim(pid, owner(&sink, ""), &sub);
         assert_eq!(claim.early, Some(Exit { pid, status: 7 }));
         assert!(exits.try_recv().is_err());
     }
@@ -244,12 +271,14 @@ mod tests {
         let sub = reaper.subscribe();
         let child = Command::new("sh").args(["-c", "sleep 0.2; kill -9 $$"]).spawn().expect("spawn sh");
         let pid = child.id() as i32;
-        let claim = reaper.claim(pid, owner("e1"), &sub);
+        let sink = Arc::new(Sink::default());
+        let claim = reaper.claim(pid, owner(&sink, "e1"), &sub);
         assert_eq!(claim.early, None);
         assert!(claim.pidfd.is_some(), "this kernel has pidfd_open");
         drop(sub);
         let (who, exit) = tokio::time::timeout(Duration::from_secs(5), exits.recv()).await.expect("timely").expect("exit");
-        assert_eq!(who, owner("e1"));
         assert_eq!(exit, Exit { pid, status: 137 });
+        who.deliver(exit);
+        assert_eq!(*sink.0.lock().expect("sink"), vec![("e1".to_string(), exit)]);
     }
 }

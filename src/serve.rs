@@ -52,10 +52,9 @@ async fn serve(flags: &Flags) -> Result<()> {
             log::error!("reaper stopped: {e}");
         }
     });
-    let router = service.clone();
     tokio::spawn(async move {
         while let Some((owner, exit)) = exits.recv().await {
-            router.route_exit(owner, exit);
+            owner.deliver(exit);
         }
     });
 

@@ -17,7 +17,7 @@ use crate::container::process::Status;
 use crate::container::{Container, CreateRequest};
 use crate::error::{Error, Result};
 use crate::events::{timestamp, Publisher};
-use crate::reaper::{Owner, Reaper};
+use crate::reaper::Reaper;
 use crate::stdio::StdioConfig;
 use crate::tasklist::{validate_id, TaskList};
 
@@ -63,14 +63,6 @@ impl Service {
             return Err(Error::InvalidArgument("task id must not be empty".into()));
         }
         self.tasks.get(&self.ns(ctx), id)
-    }
-
-    /// Routes an exit from the reaper to its container.
-    pub fn route_exit(&self, owner: Owner, exit: crate::reaper::Exit) {
-        match self.tasks.get(&owner.namespace, &owner.container) {
-            Ok(c) => c.on_exit(&owner.exec_id, exit),
-            Err(_) => log::debug!("exit of pid {} for gone task {}", exit.pid, owner.container),
-        }
     }
 
     async fn do_create(&self, ctx: &TtrpcContext, req: CreateTaskRequest) -> Result<CreateTaskResponse> {

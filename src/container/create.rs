@@ -65,7 +65,8 @@ impl Container {
         }
         let root = if req.options.root.is_empty() { PathBuf::from(DEFAULT_ROOT) } else { PathBuf::from(&req.options.root) };
         let runtime = Runtime::new(&req.options.binary_name, &root.join(&req.namespace), &req.bundle, req.options.systemd_cgroup, reaper.clone());
-        let container = Arc::new(Container {
+        let container = Arc::new_cyclic(|me| Container {
+            me: me.clone(),
             id: id.clone(),
             namespace: req.namespace.clone(),
             bundle: req.bundle.clone(),

@@ -9,7 +9,13 @@ use containerd_shim_protos::events::task::TaskExit;
 use super::process::Process;
 use super::{lock, Container};
 use crate::events::timestamp;
-use crate::reaper::Exit;
+use crate::reaper::{Exit, ExitSink};
+
+impl ExitSink for Container {
+    fn exited(self: Arc<Self>, exec_id: &str, exit: Exit) {
+        self.on_exit(exec_id, exit);
+    }
+}
 
 impl Container {
     /// Entry point for an exit the reaper routed to this container.

@@ -7,7 +7,7 @@ pub mod process;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use containerd_shim_protos::events::task::{TaskCheckpointed, TaskExecAdded, TaskExecStarted, TaskOOM, TaskPaused, TaskResumed, TaskStart};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
@@ -23,7 +23,7 @@ use crate::cgroups::{stats, Cgroup};
 use crate::error::{Error, Result};
 use crate::events::Publisher;
 use crate::options::RuntimeOptions;
-use crate::reaper::{Owner, Reaper};
+use crate::reaper::{ExitSink, Owner, Reaper};
 use crate::runtime::{read_pid_file, Runtime};
 use crate::stdio::{self, StdioConfig};
 
@@ -36,6 +36,8 @@ struct ExitGate {
 }
 
 pub struct Container {
+    /// Handed to the reaper as the owner of this container's processes.
+    me: Weak<Container>,
     pub id: String,
     pub namespace: String,
     pub bundle: PathBuf,
@@ -90,7 +92,8 @@ impl Container {
     }
 
     fn owner(&self, exec_id: &str) -> Owner {
-        Owner { namespace: self.namespace.clone(), container: self.id.clone(), exec_id: exec_id.to_string() }
+        let sink: Weak<dyn ExitSink> = self.me.clone();
+        Owner { sink, exec_id: exec_id.to_string() }
     }
 
     /// The init (empty `exec_id`) or one exec.
