@@ -7,20 +7,28 @@ use containerd_shim_protos::events::task::{
     TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused, TaskResumed, TaskStart,
 };
 use containerd_shim_protos::protobuf::well_known_types::{any::Any, timestamp::Timestamp};
-use containerd_shim_protos::protobuf::MessageFull;
+use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::event::Envelope;
 use containerd_shim_protos::shim::events::ForwardRequest;
 use containerd_shim_protos::shim_async::{Client, EventsClient};
 use containerd_shim_protos::ttrpc::context;
 use tokio::sync::{mpsc, oneshot};
 
-/// A task event and the topic containerd files it under.
-pub trait TaskEvent: MessageFull {
+/// A task event, the topic containerd files it under, and its type URL.
+/// The URL is a constant: asking protobuf for the descriptor would build the
+/// whole reflection pool, hundreds of KiB of heap in every shim.
+pub trait TaskEvent: Message {
     const TOPIC: &'static str;
+    const TYPE_URL: &'static str;
 }
 
 macro_rules! topics {
-    ($($ty:ty => $topic:literal),* $(,)?) => { $(impl TaskEvent for $ty { const TOPIC: &'static str = $topic; })* };
+    ($($ty:ident => $topic:literal),* $(,)?) => {
+        $(impl TaskEvent for $ty {
+            const TOPIC: &'static str = $topic;
+            const TYPE_URL: &'static str = concat!("containerd.events.", stringify!($ty));
+        })*
+    };
 }
 
 topics! {
@@ -61,7 +69,7 @@ impl Publisher {
     }
 
     pub fn publish<E: TaskEvent>(&self, namespace: &str, event: E) {
-        log::debug!("event {} {:?}", E::TOPIC, event);
+        log::debug!("event {} in {namespace}", E::TOPIC);
         let value = match event.write_to_bytes() {
             Ok(v) => v,
             Err(e) => {
@@ -73,7 +81,7 @@ impl Publisher {
             timestamp: Some(timestamp(SystemTime::now())).into(),
             namespace: namespace.to_string(),
             topic: E::TOPIC.to_string(),
-            event: Some(Any { type_url: E::descriptor().full_name().to_string(), value, ..Default::default() }).into(),
+            event: Some(Any { type_url: E::TYPE_URL.to_string(), value, ..Default::default() }).into(),
             ..Default::default()
         };
         if self.tx.send(Item::Event(envelope)).is_err() {
@@ -132,5 +140,27 @@ async fn forward(address: String, mut rx: mpsc::UnboundedReceiver<Item>) {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_urls_are_the_protobuf_full_names() {
+        fn check<E: TaskEvent + containerd_shim_protos::protobuf::MessageFull>() {
+            assert_eq!(E::TYPE_URL, E::descriptor().full_name());
+        }
+        check::<TaskCreate>();
+        check::<TaskStart>();
+        check::<TaskExecAdded>();
+        check::<TaskExecStarted>();
+        check::<TaskPaused>();
+        check::<TaskResumed>();
+        check::<TaskCheckpointed>();
+        check::<TaskOOM>();
+        check::<TaskExit>();
+        check::<TaskDelete>();
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use containerd_shim_protos::cgroups::metrics as v1;
 use containerd_shim_protos::cgroups_v2::metrics as v2;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use containerd_shim_protos::protobuf::MessageFull;
+use containerd_shim_protos::protobuf::Message;
 
 use super::Cgroup;
 
@@ -190,22 +190,32 @@ pub fn v2_metrics(dir: &Path) -> v2::Metrics {
     }
 }
 
-fn pack<M: MessageFull>(m: &M) -> Any {
-    Any { type_url: M::descriptor().full_name().to_string(), value: m.write_to_bytes().unwrap_or_default(), ..Default::default() }
+// Constants rather than protobuf descriptors: those build the reflection pool.
+const V1_METRICS: &str = "io.containerd.cgroups.v1.Metrics";
+const V2_METRICS: &str = "io.containerd.cgroups.v2.Metrics";
+
+fn pack<M: Message>(type_url: &str, m: &M) -> Any {
+    Any { type_url: type_url.to_string(), value: m.write_to_bytes().unwrap_or_default(), ..Default::default() }
 }
 
 /// The Stats payload for this cgroup.
 pub fn collect(cg: &Cgroup) -> Any {
     match cg {
-        Cgroup::V1(paths) => pack(&v1_metrics(paths)),
-        Cgroup::V2(dir) => pack(&v2_metrics(dir)),
+        Cgroup::V1(paths) => pack(V1_METRICS, &v1_metrics(paths)),
+        Cgroup::V2(dir) => pack(V2_METRICS, &v2_metrics(dir)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use containerd_shim_protos::protobuf::Message;
+    use containerd_shim_protos::protobuf::MessageFull;
+
+    #[test]
+    fn type_urls_are_the_protobuf_full_names() {
+        assert_eq!(V1_METRICS, v1::Metrics::descriptor().full_name());
+        assert_eq!(V2_METRICS, v2::Metrics::descriptor().full_name());
+    }
 
     fn scratch(name: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("keel-stats-{name}-{}", std::process::id()));
