@@ -332,6 +332,10 @@ fn recv_fd(sock: RawFd) -> std::io::Result<OwnedFd> {
 /// The live side of a process's stdio.
 pub struct IoHandle {
     stdin: Mutex<Option<JoinHandle<()>>>,
+    /// A writer the shim holds on the stdin fifo, so the container sees EOF
+    /// only once CloseIO drops it and the client's writer is gone too, after
+    /// everything in the fifo was copied (as runc-v2 does).
+    stdin_keepalive: Mutex<Option<std::fs::File>>,
     outputs: Mutex<Vec<JoinHandle<()>>>,
     console: Option<OwnedFd>,
 }
@@ -341,33 +345,57 @@ impl Prepared {
     pub fn start(self, master: Option<OwnedFd>) -> Result<IoHandle> {
         let cfg = &self.cfg;
         let mut outputs = Vec::new();
+        let (stdin_fifo, stdin_keepalive) = open_stdin(&cfg.stdin)?;
         let mut stdin = None;
-        if let Some(master) = master {
-            set_nonblocking(&master)?;
-            let reader = master.try_clone().map_err(os("dup pty master"))?;
-            let writer = master.try_clone().map_err(os("dup pty master"))?;
-            if let Target::Fifo(path) = parse_target(&cfg.stdout)? {
-                let rx = pipe::Receiver::from_owned_fd_unchecked(reader).map_err(os("register pty master"))?;
-                outputs.push(tokio::spawn(copy_out(rx, path)));
+        let console = match master {
+            Some(master) => {
+                set_nonblocking(&master)?;
+                let reader = master.try_clone().map_err(os("dup pty master"))?;
+                let writer = master.try_clone().map_err(os("dup pty master"))?;
+                if let Target::Fifo(path) = parse_target(&cfg.stdout)? {
+                    let rx = pipe::Receiver::from_owned_fd_unchecked(reader).map_err(os("register pty master"))?;
+                    outputs.push(tokio::spawn(copy_out(rx, path)));
+                }
+                if let Some(fifo) = stdin_fifo {
+                    let tx = pipe::Sender::from_owned_fd_unchecked(writer).map_err(os("register pty master"))?;
+                    stdin = Some(tokio::spawn(copy_in(fifo, tx)));
+                }
+                Some(master)
             }
-            if !cfg.stdin.is_empty() {
-                let tx = pipe::Sender::from_owned_fd_unchecked(writer).map_err(os("register pty master"))?;
-                stdin = Some(tokio::spawn(copy_in(PathBuf::from(&cfg.stdin), tx)));
+            None => {
+                if let (Some(fifo), Some(w)) = (stdin_fifo, self.stdin_w) {
+                    let tx = pipe::Sender::from_owned_fd(w).map_err(os("register stdin pipe"))?;
+                    stdin = Some(tokio::spawn(copy_in(fifo, tx)));
+                }
+                for (r, uri) in [(self.stdout_r, &cfg.stdout), (self.stderr_r, &cfg.stderr)] {
+                    if let (Some(r), Target::Fifo(path)) = (r, parse_target(uri)?) {
+                        let rx = pipe::Receiver::from_owned_fd(r).map_err(os("register output pipe"))?;
+                        outputs.push(tokio::spawn(copy_out(rx, path)));
+                    }
+                }
+                None
             }
-            return Ok(IoHandle { stdin: Mutex::new(stdin), outputs: Mutex::new(outputs), console: Some(master) });
-        }
-        if let Some(w) = self.stdin_w {
-            let tx = pipe::Sender::from_owned_fd(w).map_err(os("register stdin pipe"))?;
-            stdin = Some(tokio::spawn(copy_in(PathBuf::from(&cfg.stdin), tx)));
-        }
-        for (r, uri) in [(self.stdout_r, &cfg.stdout), (self.stderr_r, &cfg.stderr)] {
-            if let (Some(r), Target::Fifo(path)) = (r, parse_target(uri)?) {
-                let rx = pipe::Receiver::from_owned_fd(r).map_err(os("register output pipe"))?;
-                outputs.push(tokio::spawn(copy_out(rx, path)));
-            }
-        }
-        Ok(IoHandle { stdin: Mutex::new(stdin), outputs: Mutex::new(outputs), console: None })
+        };
+        Ok(IoHandle {
+            stdin: Mutex::new(stdin),
+            stdin_keepalive: Mutex::new(stdin_keepalive),
+            outputs: Mutex::new(outputs),
+            console,
+        })
     }
+}
+
+/// Opens containerd's stdin fifo for reading, and a writer on it that keeps
+/// the copy from seeing EOF before CloseIO.
+fn open_stdin(path: &str) -> Result<(Option<pipe::Receiver>, Option<std::fs::File>)> {
+    if path.is_empty() {
+        return Ok((None, None));
+    }
+    let open_err = |source| StdioError::Open { what: "stdin fifo", path: path.to_string(), source };
+    let rx = pipe::OpenOptions::new().open_receiver(path).map_err(open_err)?;
+    // Cannot block: the fifo has a reader (ours) now.
+    let keep = FileOptions::new().write(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path).map_err(open_err)?;
+    Ok((Some(rx), Some(keep)))
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> Result<()> {
@@ -395,15 +423,11 @@ async fn copy_out(mut from: impl AsyncRead + Unpin, fifo: PathBuf) {
     }
 }
 
-/// Copies containerd's stdin fifo into the container until the client closes it.
-async fn copy_in(fifo: PathBuf, mut to: impl AsyncWrite + Unpin) {
-    match pipe::OpenOptions::new().open_receiver(&fifo) {
-        Ok(mut from) => {
-            if let Err(e) = tokio::io::copy(&mut from, &mut to).await {
-                log::debug!("copy from {}: {e}", fifo.display());
-            }
-        }
-        Err(e) => log::warn!("open stdin fifo {}: {e}", fifo.display()),
+/// Copies containerd's stdin fifo into the container until every writer
+/// (the client's and, after CloseIO, no longer the shim's) is gone.
+async fn copy_in(mut from: pipe::Receiver, mut to: impl AsyncWrite + Unpin) {
+    if let Err(e) = tokio::io::copy(&mut from, &mut to).await {
+        log::debug!("copy stdin: {e}");
     }
 }
 
@@ -429,8 +453,15 @@ impl IoHandle {
         Ok(())
     }
 
-    /// Stops feeding stdin; the container sees EOF once its pipe closes.
+    /// CloseIO: the client is done writing. What is already in the fifo is
+    /// still copied; the container sees EOF once the client's writer is closed.
     pub fn close_stdin(&self) {
+        self.stdin_keepalive.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// The process is gone: stop the stdin copy, whoever still writes.
+    fn abort_stdin(&self) {
+        self.close_stdin();
         if let Some(task) = self.stdin.lock().unwrap_or_else(|p| p.into_inner()).take() {
             task.abort();
         }
@@ -449,13 +480,13 @@ impl IoHandle {
             log::warn!("output still open {}s after exit (a child keeps it?); closing it", limit.as_secs());
             aborts.iter().for_each(|a| a.abort());
         }
-        self.close_stdin();
+        self.abort_stdin();
     }
 }
 
 impl Drop for IoHandle {
     fn drop(&mut self) {
-        self.close_stdin();
+        self.abort_stdin();
         for t in self.outputs.get_mut().unwrap_or_else(|p| p.into_inner()).drain(..) {
             t.abort();
         }
