@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Benchmarks Keel (io.containerd.keel.v1) against containerd-shim-runc-v2
+# (io.containerd.runc.v2) side by side, in interleaved rounds, on a private
+# containerd (its own root, state, socket and config in a temp dir; the
+# system's containerd, if any, is never touched). Run as root; needs no stdin.
+#
+#   scripts/bench.sh [--containerd 1.6|2] [--rounds N] [--containers M]
+#                    [--parallel-rounds R] [--idle K] [--exec-growth N]
+#                    [--json FILE] [--build] [--shim PATH]
+#
+#   --containerd 2     containerd 2.x (from /var/lib/keel-dev/containerd2) instead of 1.6
+#   --rounds N         rounds of the lifecycle, exec and bare-runc rows (20)
+#   --containers M     containers started at once for the parallel-start row (20)
+#   --parallel-rounds R  rounds of the parallel start (3)
+#   --idle K           idle `sleep` containers per shim for the memory rows (10)
+#   --exec-growth N    also N sequential execs into one container per shim:
+#                      shim RSS/PSS after the first and the Nth (off; try 1000)
+#   --json FILE        also write every figure (and the raw samples) as JSON
+#   --build            `cargo build --release` first (default: only if the binary is missing)
+#   --shim PATH        the Keel binary (target/release/containerd-shim-keel-v1)
+#
+# Rows: `ctr run --rm /bin/true` median/p90; `ctr task exec /bin/true` into a
+# running container median/p90; bare `runc run /bin/true` (the floor, no shim);
+# M containers started at once with `ctr run -d`, wall time until all RUN;
+# per-shim RSS/PSS/USS/threads/fds with K idle containers; binary sizes.
+# Exit: 0 all rows measured, 2 some row failed (shown as FAILED), 1 setup
+# error, 130 interrupted. Everything started is cleaned up on any exit.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+
+build=0 shim="$repo/target/release/containerd-shim-keel-v1"
+args=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --build) build=1 ;;
+        --shim) shim=$(realpath "$2"); shift ;;
+        --shim=*) shim=$(realpath "${1#--shim=}") ;;
+        --json) args+=(--json "$(realpath -m "$2")"); shift ;;
+        --json=*) args+=(--json "$(realpath -m "${1#--json=}")") ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) args+=("$1") ;;
+    esac
+    shift
+done
+
+[ "$(id -u)" = 0 ] || { echo "bench.sh: must run as root" >&2; exit 1; }
+bash "$repo/scripts/install-deps.sh" >&2
+rootfs=$(bash "$repo/scripts/make-rootfs.sh")
+if [ "$build" = 1 ] || [ ! -x "$shim" ]; then
+    (cd "$repo" && PATH="$HOME/.cargo/bin:$PATH" cargo build --release) >&2
+fi
+[ -x "$shim" ] || { echo "bench.sh: no Keel binary at $shim" >&2; exit 1; }
+
+# The system python, not a pyenv shim that may be missing under sudo.
+py=/usr/bin/python3
+[ -x "$py" ] || py=$(command -v python3)
+
+work=$(mktemp -d /tmp/keel-bench.XXXXXX)
+cleanup() {
+    trap - EXIT INT TERM HUP
+    # bench.py cleans up after itself; this catches what a killed bench.py left.
+    [ -d "$work" ] && "$py" "$here/bench/bench.py" --cleanup --work "$work" --rootfs "$rootfs" || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# In the background, so that a signal to this script alone (not only a Ctrl-C
+# to the whole group) reaches bench.py at once; it cleans up and exits 130.
+"$py" "$here/bench/bench.py" --work "$work" --rootfs "$rootfs" --shim "$shim" "${args[@]}" </dev/null &
+pypid=$!
+trap 'kill -TERM "$pypid" 2>/dev/null || true' INT TERM HUP
+set +e
+while :; do
+    wait "$pypid"
+    kill -0 "$pypid" 2>/dev/null || break
+done
+wait "$pypid"
+exit $?
