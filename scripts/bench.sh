@@ -17,7 +17,7 @@
 #                      shim RSS/PSS after the first and the Nth (off; try 1000)
 #   --json FILE        also write every figure (and the raw samples) as JSON
 #   --build            `cargo build --release` first (default: only if the binary is missing)
-#   --shim PATH        the Keel binary (target/release/containerd-shim-keel-v1)
+#   --shim PATH        the Keel binary (target/x86_64-unknown-linux-gnu/release/containerd-shim-keel-v1)
 #
 # Rows: `ctr run --rm /bin/true` median/p90; `ctr task exec /bin/true` into a
 # running container median/p90; bare `runc run /bin/true` (the floor, no shim);
@@ -29,7 +29,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 
-build=0 shim="$repo/target/release/containerd-shim-keel-v1"
+build=0 shim="$repo/target/x86_64-unknown-linux-gnu/release/containerd-shim-keel-v1"
 args=()
 while [ $# -gt 0 ]; do
     case "$1" in

@@ -18,7 +18,7 @@ else
     bin=/usr/bin; version=2
 fi
 mkdir -p "$DEMO_DIR/bin"
-ln -s "$PWD/target/release/containerd-shim-keel-v1" "$DEMO_DIR/bin/"
+ln -s "$PWD/target/x86_64-unknown-linux-gnu/release/containerd-shim-keel-v1" "$DEMO_DIR/bin/"
 cat >"$DEMO_DIR/config.toml" <<TOML
 version = $version
 root = "$DEMO_DIR/root"

@@ -592,7 +592,7 @@ def versions(env):
     for f in ("Cargo.toml", "Cargo.lock"):
         if os.path.exists(os.path.join(repo, f)):
             newest = max(newest, os.path.getmtime(os.path.join(repo, f)))
-    if env.shim_path == os.path.realpath(os.path.join(repo, "target/release", SHIM_BIN[KEEL])) \
+    if env.shim_path == os.path.realpath(os.path.join(repo, "target/x86_64-unknown-linux-gnu/release", SHIM_BIN[KEEL])) \
             and newest > os.path.getmtime(env.shim_path):
         v["keel_shim_mtime"] += "  (OLDER than the newest file in src/: rebuild with --build)"
     return v
@@ -796,7 +796,7 @@ def main():
     ap.add_argument("--idle", type=int, default=10, help="idle containers per shim for memory (10)")
     ap.add_argument("--exec-growth", type=int, default=0, metavar="N", help="N execs into one container (off)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    ap.add_argument("--shim", help="Keel binary (target/release/containerd-shim-keel-v1)")
+    ap.add_argument("--shim", help="Keel binary (target/x86_64-unknown-linux-gnu/release/containerd-shim-keel-v1)")
     ap.add_argument("--rootfs", required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--cleanup", action="store_true", help=argparse.SUPPRESS)
