@@ -448,7 +448,9 @@ impl Container {
             let st = self.init.lock();
             self.init.require(&st, &[Status::Running, Status::Paused], "checkpoint", &self.id)?;
         }
-        let image = if opts.image_path.is_empty() { image } else { opts.image_path.as_str() };
+        // The request's path wins, as with runc-v2: containerd stores what is
+        // there as the checkpoint (1.6 passes image_path only to runc runtimes).
+        let image = if image.is_empty() { opts.image_path.as_str() } else { image };
         if image.is_empty() {
             return Err(Error::InvalidArgument(format!("task {}: checkpoint needs an image path", self.id)));
         }

@@ -13,6 +13,8 @@
 //! its own shims leave there.
 #![allow(dead_code)]
 
+pub mod control;
+
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::{self, File};
