@@ -1,7 +1,7 @@
 //! The shim's own placement: its OOM score and the ShimCgroup option.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Makes the kernel prefer killing containers over their shim (one above
 /// containerd's score), then moves the shim into `shim_cgroup` if set.
@@ -21,7 +21,8 @@ pub fn confine_shim(pid: u32, shim_cgroup: &str) -> Result<(), String> {
 }
 
 /// Writes `pid` into `path` of every v1 hierarchy, or of the v2 one on a
-/// unified host, creating the directories as needed.
+/// unified host, creating the directories as needed. A failure removes the
+/// directories this call created.
 fn join_cgroup(pid: u32, path: &str, mountinfo: &str) -> Result<(), String> {
     let mounts = super::cgroup_mounts(mountinfo);
     let rel = path.trim_start_matches('/');
@@ -34,10 +35,62 @@ fn join_cgroup(pid: u32, path: &str, mountinfo: &str) -> Result<(), String> {
     if dirs.is_empty() {
         return Err(format!("ShimCgroup {path:?}: no cgroup hierarchy is mounted"));
     }
-    for dir in dirs {
-        std::fs::create_dir_all(&dir)
+    let mut created = Vec::new();
+    let res = dirs.iter().try_for_each(|dir| {
+        create_cgroup(dir, &mut created)
             .and_then(|_| std::fs::write(dir.join("cgroup.procs"), pid.to_string()))
-            .map_err(|e| format!("ShimCgroup {path:?}: join {}: {e}", dir.display()))?;
+            .map_err(|e| format!("ShimCgroup {path:?}: join {}: {e}", dir.display()))
+    });
+    if res.is_err() {
+        for dir in created.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+    res
+}
+
+/// Creates `dir` and missing parents (recording them, top-down). A new v1
+/// cpuset cgroup starts with no CPUs or memory nodes, and no task can join it
+/// until it has some: it inherits its parent's, as runc does.
+fn create_cgroup(dir: &Path, created: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur.filter(|d| !d.exists()) {
+        missing.push(d.to_path_buf());
+        cur = d.parent();
+    }
+    for d in missing.into_iter().rev() {
+        std::fs::create_dir(&d)?;
+        created.push(d.clone());
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            let own = d.join(file);
+            if std::fs::read_to_string(&own).is_ok_and(|v| v.trim().is_empty()) {
+                if let Some(parent) = d.parent() {
+                    std::fs::write(&own, std::fs::read_to_string(parent.join(file))?.trim())?;
+                }
+            }
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_cgroup_dirs_inherit_cpuset_and_are_recorded_top_down() {
+        // A plain directory stands for the hierarchy: cpuset files are copied
+        // only where they exist and are empty, as in a fresh cpuset cgroup.
+        let root = std::env::temp_dir().join(format!("keel-cg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("root");
+        std::fs::write(root.join("cpuset.cpus"), "0-1\n").expect("write");
+        let leaf = root.join("a/b");
+        let mut created = Vec::new();
+        create_cgroup(&leaf, &mut created).expect("create");
+        assert_eq!(created, vec![root.join("a"), root.join("a/b")]);
+        assert!(leaf.is_dir());
+        std::fs::remove_dir_all(&root).ok();
+    }
 }
