@@ -24,6 +24,8 @@ struct T {
     line: Line,
     rt: &'static str,
     tag: String,
+    /// The crun variant: runtime options (a TOML file selecting crun) for every `ctr run`.
+    runtime_config: Option<std::path::PathBuf>,
 }
 
 impl T {
@@ -31,8 +33,10 @@ impl T {
         let rootfs = rootfs(); // build before containerd starts
         assert!(rootfs.join("bin/sh").exists());
         let cd = Containerd::start(line);
-        let tag = format!("[{} {}]", rt, line.name());
-        T { cd, line, rt, tag }
+        let crun = common::production::crun_variant();
+        let runtime_config = crun.then(|| common::production::crun_options(&cd));
+        let tag = format!("[{}{} {}]", rt, if crun { "+crun" } else { "" }, line.name());
+        T { cd, line, rt, tag, runtime_config }
     }
 
     /// `ctr run` arguments: the runtime, private fifos, PATH, `flags`, then the rootfs.
@@ -41,11 +45,17 @@ impl T {
             "run".into(),
             "--runtime".into(),
             self.rt.into(),
+        ];
+        if let Some(p) = &self.runtime_config {
+            a.push("--runtime-config-path".into());
+            a.push(p.to_string_lossy().into_owned());
+        }
+        a.extend([
             "--fifo-dir".into(),
             self.cd.fifo_dir.to_string_lossy().into_owned(),
             "--env".into(),
             CONTAINER_PATH.into(),
-        ];
+        ]);
         a.extend(flags.iter().map(|s| s.to_string()));
         a.push("--rootfs".into());
         a.push(rootfs().to_string_lossy().into_owned());
@@ -274,6 +284,15 @@ impl T {
         self.wait_status(id, "STOPPED");
         self.cd.ctr(&["tasks", "delete", id]);
         self.cd.ctr_ok(&["containers", "delete", id]);
+    }
+}
+
+/// The crun variant must really have run crun.
+impl Drop for T {
+    fn drop(&mut self) {
+        if self.runtime_config.is_some() && !std::thread::panicking() {
+            common::production::assert_crun_created(&self.cd, &self.tag);
+        }
     }
 }
 
@@ -1073,6 +1092,18 @@ macro_rules! scenarios {
                     fn containerd_1_6() { crate::$s(Line::V16, KEEL_V1) }
                     #[test]
                     fn containerd_2() { crate::$s(Line::V2, KEEL_V1) }
+                }
+            )*
+        }
+        /// Keel driving crun (runtime options `BinaryName` through `--runtime-config-path`).
+        mod keel_crun {
+            $(
+                mod $s {
+                    use crate::common::{production::as_crun_variant, Line, KEEL_V1};
+                    #[test]
+                    fn containerd_1_6() { as_crun_variant(|| crate::$s(Line::V16, KEEL_V1)) }
+                    #[test]
+                    fn containerd_2() { as_crun_variant(|| crate::$s(Line::V2, KEEL_V1)) }
                 }
             )*
         }
