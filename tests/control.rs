@@ -19,6 +19,7 @@
 mod common;
 
 use common::control::*;
+use common::scenario::*;
 use common::*;
 use std::fs;
 use std::io::Write;
@@ -30,8 +31,6 @@ use containerd_client::services::v1::{CheckpointTaskRequest, UpdateTaskRequest};
 use containerd_client::tonic::{self, Request};
 use containerd_client::with_namespace;
 
-const RUN_TIMEOUT: Duration = Duration::from_secs(60);
-const STATE_TIMEOUT: Duration = Duration::from_secs(15);
 const GRPC_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The type URL containerd's typeurl gives specs.LinuxResources.
@@ -39,179 +38,14 @@ const LINUX_RESOURCES_URL: &str =
     "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
 const CHECKPOINT_OPTIONS_URL: &str = "containerd.runc.v1.CheckpointOptions";
 
-/// One test: a private containerd and the runtime type under test.
-struct T {
-    cd: Containerd,
-    line: Line,
-    rt: &'static str,
-    tag: String,
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
+type T = Scenario;
 
 fn is_task_event(e: &Event, id: &str) -> bool {
     e.topic.starts_with("/tasks/") && e.container_id() == Some(id)
 }
 
-impl T {
-    fn new(line: Line, rt: &'static str) -> T {
-        let rootfs = rootfs(); // build before containerd starts
-        assert!(rootfs.join("bin/sh").exists());
-        let cd = Containerd::start(line);
-        let tag = format!("[{} {}]", rt, line.name());
-        T { cd, line, rt, tag }
-    }
-
-    fn keel(&self) -> bool {
-        self.rt == KEEL_V1
-    }
-
-    /// `ctr run` arguments: the runtime, private fifos, PATH, `flags`, then
-    /// `--rootfs DIR` (a boolean flag: it must come last) or the image.
-    fn run_args(&self, flags: &[&str], image: Option<&str>, id: &str, cmd: &[&str]) -> Vec<String> {
-        let mut a: Vec<String> = vec![
-            "run".into(),
-            "--runtime".into(),
-            self.rt.into(),
-            "--fifo-dir".into(),
-            self.cd.fifo_dir.to_string_lossy().into_owned(),
-            "--env".into(),
-            CONTAINER_PATH.into(),
-        ];
-        a.extend(flags.iter().map(|s| s.to_string()));
-        match image {
-            Some(img) => a.push(img.into()),
-            None => {
-                a.push("--rootfs".into());
-                a.push(rootfs().to_string_lossy().into_owned());
-            }
-        }
-        a.push(id.into());
-        a.extend(cmd.iter().map(|s| s.to_string()));
-        a
-    }
-
-    fn run(&self, flags: &[&str], id: &str, cmd: &[&str]) -> Output {
-        self.cd
-            .ctr_timeout(&strs(&self.run_args(flags, None, id, cmd)), RUN_TIMEOUT)
-    }
-
-    /// `ctr run -d` from the busybox rootfs (or `image`), must succeed; returns the init pid.
-    fn run_d_from(&self, flags: &[&str], image: Option<&str>, id: &str, cmd: &[&str]) -> u32 {
-        let mut f = vec!["-d"];
-        f.extend_from_slice(flags);
-        let o = self
-            .cd
-            .ctr_timeout(&strs(&self.run_args(&f, image, id, cmd)), RUN_TIMEOUT);
-        assert!(
-            o.ok(),
-            "{} run -d failed: {}\n{}",
-            self.tag,
-            o.describe(),
-            self.cd.log_tail(30)
-        );
-        self.wait_status(id, "RUNNING")
-    }
-
-    fn run_d(&self, flags: &[&str], id: &str, cmd: &[&str]) -> u32 {
-        self.run_d_from(flags, None, id, cmd)
-    }
-
-    fn exec(&self, flags: &[&str], id: &str, exec_id: &str, cmd: &[&str]) -> Output {
-        let mut a: Vec<String> = vec![
-            "tasks".into(),
-            "exec".into(),
-            "--fifo-dir".into(),
-            self.cd.fifo_dir.to_string_lossy().into_owned(),
-            "--exec-id".into(),
-            exec_id.into(),
-        ];
-        a.extend(flags.iter().map(|s| s.to_string()));
-        a.push(id.into());
-        a.extend(cmd.iter().map(|s| s.to_string()));
-        self.cd.ctr_timeout(&strs(&a), RUN_TIMEOUT)
-    }
-
-    /// `ctr task ls` as (id, pid, status).
-    fn tasks(&self) -> Vec<(String, u32, String)> {
-        let out = self.cd.ctr_ok(&["tasks", "ls"]);
-        out.lines()
-            .skip(1)
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() >= 3).then(|| {
-                    (
-                        f[0].to_string(),
-                        f[1].parse().unwrap_or(0),
-                        f[2].to_string(),
-                    )
-                })
-            })
-            .collect()
-    }
-
-    fn task(&self, id: &str) -> Option<(u32, String)> {
-        self.tasks()
-            .into_iter()
-            .find(|t| t.0 == id)
-            .map(|t| (t.1, t.2))
-    }
-
-    fn wait_status(&self, id: &str, status: &str) -> u32 {
-        poll(STATE_TIMEOUT, || {
-            self.task(id).filter(|t| t.1 == status).map(|t| t.0)
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "{} task {id} not {status} within {STATE_TIMEOUT:?}; task ls:\n{}",
-                self.tag,
-                self.cd.ctr_ok(&["tasks", "ls"])
-            )
-        })
-    }
-
-    /// `ctr task ps` as (pid, INFO column).
-    fn ps(&self, id: &str) -> Vec<(u32, String)> {
-        let out = self.cd.ctr_ok(&["tasks", "ps", id]);
-        out.lines()
-            .skip(1)
-            .filter_map(|l| {
-                let l = l.trim();
-                let (pid, info) = l.split_once(char::is_whitespace).unwrap_or((l, ""));
-                pid.parse().ok().map(|p| (p, info.trim().to_string()))
-            })
-            .collect()
-    }
-
-    /// The gRPC code of a failed ctr call as far as ctr shows it: ctr 1.6 ends
-    /// its message with the code's name, ctr 2.x does not (then only `what` is checked).
-    fn assert_code(&self, o: &Output, what: &str, code_name: &str) {
-        let last = ctr_error(o);
-        assert!(
-            last.contains(what),
-            "{} error should mention {what:?}: {}",
-            self.tag,
-            o.describe()
-        );
-        if self.line == Line::V16 {
-            assert!(
-                last.ends_with(&format!(": {code_name}")),
-                "{} error should carry gRPC code {code_name:?} (ctr 1.6 appends it): {last:?}",
-                self.tag
-            );
-        }
-    }
-
-    fn kill_delete(&self, id: &str) {
-        self.cd.ctr(&["tasks", "kill", "-a", "-s", "SIGKILL", id]);
-        self.wait_status(id, "STOPPED");
-        let o = self.cd.ctr(&["tasks", "delete", id]);
-        assert!(o.ok(), "{} task delete {id}: {}", self.tag, o.describe());
-        self.cd.ctr_ok(&["containers", "delete", id]);
-    }
-
+/// What only the control suite asks of a scenario.
+impl Scenario {
     /// Prints a skip notice on the real stderr (not captured by the test harness).
     fn skip(&self, why: &str) {
         let msg = format!("\n*** SKIPPED {} {}: {why} ***\n", self.tag, test_name());
@@ -221,17 +55,6 @@ impl T {
 
 fn test_name() -> String {
     std::thread::current().name().unwrap_or("?").to_string()
-}
-
-/// The `ctr: ...` error line of a failed ctr call.
-fn ctr_error(o: &Output) -> String {
-    o.err()
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("ctr: "))
-        .unwrap_or("")
-        .trim()
-        .to_string()
 }
 
 /// `ctr task metrics` (table form) as METRIC -> VALUE.
@@ -456,8 +279,7 @@ fn pause_resume(line: Line, rt: &'static str) {
     let ev = t.cd.events();
     let id = t.cd.id("pause");
     let cmd = counter_cmd("0.05");
-    let pid = t.run_d(
-        &["--mount", "type=tmpfs,src=tmpfs,dst=/tmp,options=rw"],
+    let pid = t.run_d_from(&["--mount", "type=tmpfs,src=tmpfs,dst=/tmp,options=rw"], None,
         &id,
         &["sh", "-c", &cmd],
     );
@@ -638,7 +460,7 @@ fn pause_resume(line: Line, rt: &'static str) {
 fn update_resources(line: Line, rt: &'static str) {
     let t = T::new(line, rt);
     let id = t.cd.id("update");
-    let pid = t.run_d(&[], &id, &["sleep", "1000"]);
+    let pid = t.run_d_from(&[], None, &id, &["sleep", "1000"]);
     let mem = cgroup_v1_dir(pid, "memory");
     let before = cgroup_read(&mem, "memory.limit_in_bytes");
     assert_ne!(
@@ -713,8 +535,7 @@ fn update_resources(line: Line, rt: &'static str) {
 fn metrics_match_cgroup(line: Line, rt: &'static str) {
     let t = T::new(line, rt);
     let id = t.cd.id("metrics");
-    let pid = t.run_d(
-        &["--memory-limit", "33554432"],
+    let pid = t.run_d_from(&["--memory-limit", "33554432"], None,
         &id,
         &["sh", "-c", "sleep 1000 & sleep 1000"],
     );
@@ -839,7 +660,7 @@ fn ps_init_and_exec(line: Line, rt: &'static str) {
     let t = T::new(line, rt);
     let ev = t.cd.events();
     let id = t.cd.id("ps");
-    let pid = t.run_d(&[], &id, &["sleep", "1000"]);
+    let pid = t.run_d_from(&[], None, &id, &["sleep", "1000"]);
     let exec_id = format!("psx-{}", std::process::id());
     let o = t.exec(&["-d"], &id, &exec_id, &["sleep", "1000"]);
     assert!(o.ok(), "{} exec -d: {}", t.tag, o.describe());
@@ -1218,7 +1039,7 @@ fn checkpoint_options_argv(line: Line, rt: &'static str) {
 
     let ev = t.cd.events();
     let id = t.cd.id("ckargs");
-    t.run_d(&flags, &id, &["sleep", "1000"]);
+    t.run_d_from(&flags, None, &id, &["sleep", "1000"]);
     let calls = || -> Vec<Vec<String>> {
         fs::read_to_string(&log)
             .unwrap_or_default()

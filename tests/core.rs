@@ -15,65 +15,12 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-const RUN_TIMEOUT: Duration = Duration::from_secs(60);
-const STATE_TIMEOUT: Duration = Duration::from_secs(15);
+use common::scenario::*;
 
-/// One test: a private containerd and the runtime type under test.
-struct T {
-    cd: Containerd,
-    line: Line,
-    rt: &'static str,
-    tag: String,
-    /// The crun variant: runtime options (a TOML file selecting crun) for every `ctr run`.
-    runtime_config: Option<std::path::PathBuf>,
-}
+type T = Scenario;
 
-impl T {
-    fn new(line: Line, rt: &'static str) -> T {
-        let rootfs = rootfs(); // build before containerd starts
-        assert!(rootfs.join("bin/sh").exists());
-        let cd = Containerd::start(line);
-        let crun = common::production::crun_variant();
-        let runtime_config = crun.then(|| common::production::crun_options(&cd));
-        let tag = format!("[{}{} {}]", rt, if crun { "+crun" } else { "" }, line.name());
-        T { cd, line, rt, tag, runtime_config }
-    }
-
-    /// `ctr run` arguments: the runtime, private fifos, PATH, `flags`, then the rootfs.
-    fn run_args(&self, flags: &[&str], id: &str, cmd: &[&str]) -> Vec<String> {
-        let mut a: Vec<String> = vec![
-            "run".into(),
-            "--runtime".into(),
-            self.rt.into(),
-        ];
-        if let Some(p) = &self.runtime_config {
-            a.push("--runtime-config-path".into());
-            a.push(p.to_string_lossy().into_owned());
-        }
-        a.extend([
-            "--fifo-dir".into(),
-            self.cd.fifo_dir.to_string_lossy().into_owned(),
-            "--env".into(),
-            CONTAINER_PATH.into(),
-        ]);
-        a.extend(flags.iter().map(|s| s.to_string()));
-        a.push("--rootfs".into());
-        a.push(rootfs().to_string_lossy().into_owned());
-        a.push(id.into());
-        a.extend(cmd.iter().map(|s| s.to_string()));
-        a
-    }
-
-    fn run(&self, flags: &[&str], id: &str, cmd: &[&str]) -> Output {
-        self.cd
-            .ctr_timeout(&strs(&self.run_args(flags, id, cmd)), RUN_TIMEOUT)
-    }
-
-    fn run_stdin(&self, flags: &[&str], id: &str, cmd: &[&str], input: &[u8]) -> Output {
-        self.cd
-            .ctr_stdin(&strs(&self.run_args(flags, id, cmd)), input, RUN_TIMEOUT)
-    }
-
+/// What only the core suite asks of a scenario.
+impl Scenario {
     /// `ctr run` with `input` on stdin, closed only once the task has started.
     ///
     /// ctr (1.6 and 2.x alike) turns stdin EOF into `CloseIO` only after
@@ -100,92 +47,7 @@ impl T {
             drop(w);
         });
         self.cd
-            .ctr_feed(&strs(&self.run_args(flags, id, cmd)), feed, RUN_TIMEOUT)
-    }
-
-    /// `ctr run -d`, must succeed.
-    fn run_d(&self, id: &str, cmd: &[&str]) {
-        let o = self
-            .cd
-            .ctr_timeout(&strs(&self.run_args(&["-d"], id, cmd)), RUN_TIMEOUT);
-        assert!(
-            o.ok(),
-            "{} run -d failed: {}\n{}",
-            self.tag,
-            o.describe(),
-            self.cd.log_tail(30)
-        );
-    }
-
-    fn exec_args(&self, flags: &[&str], id: &str, exec_id: &str, cmd: &[&str]) -> Vec<String> {
-        let mut a: Vec<String> = vec![
-            "tasks".into(),
-            "exec".into(),
-            "--fifo-dir".into(),
-            self.cd.fifo_dir.to_string_lossy().into_owned(),
-            "--exec-id".into(),
-            exec_id.into(),
-        ];
-        a.extend(flags.iter().map(|s| s.to_string()));
-        a.push(id.into());
-        a.extend(cmd.iter().map(|s| s.to_string()));
-        a
-    }
-
-    fn exec(&self, flags: &[&str], id: &str, exec_id: &str, cmd: &[&str]) -> Output {
-        self.cd
-            .ctr_timeout(&strs(&self.exec_args(flags, id, exec_id, cmd)), RUN_TIMEOUT)
-    }
-
-    /// `ctr task ls` as (id, pid, status).
-    fn tasks(&self) -> Vec<(String, u32, String)> {
-        let out = self.cd.ctr_ok(&["tasks", "ls"]);
-        out.lines()
-            .skip(1)
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() >= 3).then(|| {
-                    (
-                        f[0].to_string(),
-                        f[1].parse().unwrap_or(0),
-                        f[2].to_string(),
-                    )
-                })
-            })
-            .collect()
-    }
-
-    fn task(&self, id: &str) -> Option<(u32, String)> {
-        self.tasks()
-            .into_iter()
-            .find(|t| t.0 == id)
-            .map(|t| (t.1, t.2))
-    }
-
-    fn wait_status(&self, id: &str, status: &str) -> u32 {
-        poll(STATE_TIMEOUT, || {
-            self.task(id).filter(|t| t.1 == status).map(|t| t.0)
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "{} task {id} not {status} within {STATE_TIMEOUT:?}; task ls:\n{}",
-                self.tag,
-                self.cd.ctr_ok(&["tasks", "ls"])
-            )
-        })
-    }
-
-    /// Pids listed by `ctr task ps` (first column) with their INFO column.
-    fn ps(&self, id: &str) -> Vec<(u32, String)> {
-        let out = self.cd.ctr_ok(&["tasks", "ps", id]);
-        out.lines()
-            .skip(1)
-            .filter_map(|l| {
-                let l = l.trim();
-                let (pid, info) = l.split_once(char::is_whitespace).unwrap_or((l, ""));
-                pid.parse().ok().map(|p| (p, info.trim().to_string()))
-            })
-            .collect()
+            .ctr_feed(&strs(&self.run_args(flags, None, id, cmd)), feed, RUN_TIMEOUT)
     }
 
     /// The shim still serves container `id`: `task ps` lists its init pid and an exec answers.
@@ -251,53 +113,6 @@ impl T {
         }
         e
     }
-
-    /// The gRPC code of a failed ctr call, as far as ctr shows it: ctr 1.6 ends
-    /// the message with the code's name (": not found", ": already exists", ...),
-    /// ctr 2.x does not, so there only `what` must appear somewhere.
-    fn assert_code(&self, o: &Output, what: &str, code_name: &str) {
-        let err = o.err();
-        let last = err
-            .lines()
-            .rev()
-            .find(|l| l.starts_with("ctr: "))
-            .unwrap_or("")
-            .trim()
-            .to_string();
-        assert!(
-            last.contains(what),
-            "{} error should mention {what:?}: {}",
-            self.tag,
-            o.describe()
-        );
-        if self.line == Line::V16 {
-            assert!(
-                last.ends_with(&format!(": {code_name}")),
-                "{} error should carry gRPC code {code_name:?} (ctr 1.6 appends it): {last:?}",
-                self.tag
-            );
-        }
-    }
-
-    fn kill_delete(&self, id: &str) {
-        self.cd.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
-        self.wait_status(id, "STOPPED");
-        self.cd.ctr(&["tasks", "delete", id]);
-        self.cd.ctr_ok(&["containers", "delete", id]);
-    }
-}
-
-/// The crun variant must really have run crun.
-impl Drop for T {
-    fn drop(&mut self) {
-        if self.runtime_config.is_some() && !std::thread::panicking() {
-            common::production::assert_crun_created(&self.cd, &self.tag);
-        }
-    }
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
 }
 
 fn is_task_event(e: &Event, id: &str) -> bool {
@@ -432,7 +247,7 @@ fn run_tty_and_resize(line: Line, rt: &'static str) {
         wait_size_script("33 111", "SIZE1", 100),
         wait_size_script("40 120", "SIZE2", 300)
     );
-    let args = t.run_args(&["--rm", "-t"], &id, &["sh", "-c", &script]);
+    let args = t.run_args(&["--rm", "-t"], None, &id, &["sh", "-c", &script]);
     let p = PtyProc::spawn(t.cd.ctr_command(&strs(&args)), 33, 111);
     assert!(
         p.wait_output("SIZE1=", Duration::from_secs(30)),
@@ -913,7 +728,7 @@ fn bad_missing_rootfs(line: Line, rt: &'static str) {
 
     let id = t.cd.id("norootfs");
     let missing = t.cd.dir.join("no-such-rootfs");
-    let mut args = t.run_args(&["--rm"], &id, &["true"]);
+    let mut args = t.run_args(&["--rm"], None, &id, &["true"]);
     let i = args.iter().position(|a| a == "--rootfs").unwrap() + 1;
     args[i] = missing.to_string_lossy().into_owned();
     let o = t.cd.ctr_timeout(&strs(&args), RUN_TIMEOUT);

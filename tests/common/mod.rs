@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod control;
+pub mod scenario;
 pub mod production;
 
 use std::collections::BTreeSet;
