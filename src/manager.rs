@@ -118,9 +118,12 @@ pub fn start(flags: &Flags) -> Result<()> {
     let path = PathBuf::from(SOCKET_DIR).join(socket_name(&[&flags.address, &flags.namespace, &group]));
     let address = format!("unix://{}", path.display());
 
+    // The address goes down first: a start that cannot record it must not
+    // leave a server behind that nobody will ever find.
+    std::fs::write(bundle.join("address"), &address).map_err(|e| Error::io("write address file", e))?;
     // A grouped container joins the shim already serving its pod.
     if group != flags.id && UnixStream::connect(&path).is_ok() {
-        return reply(&bundle, &address, bootstrap.is_some());
+        return print_reply(&address, bootstrap.is_some());
     }
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).map_err(|e| Error::io(format!("bind {}", path.display()), e))?;
@@ -155,18 +158,19 @@ pub fn start(flags: &Flags) -> Result<()> {
         });
     }
     let mut child = cmd.spawn().map_err(|e| Error::io("spawn shim server", e))?;
-    if let Err(e) = crate::cgroups::shim::confine_shim(child.id(), &shim_cgroup) {
+    drop(listener);
+    let started = crate::cgroups::shim::confine_shim(child.id(), &shim_cgroup)
+        .map_err(Error::FailedPrecondition)
+        .and_then(|_| print_reply(&address, bootstrap.is_some()));
+    if started.is_err() {
         let _ = child.kill();
         let _ = child.wait();
         let _ = std::fs::remove_file(&path);
-        return Err(Error::FailedPrecondition(e));
     }
-    drop(listener);
-    reply(&bundle, &address, bootstrap.is_some())
+    started
 }
 
-fn reply(bundle: &Path, address: &str, bootstrap: bool) -> Result<()> {
-    std::fs::write(bundle.join("address"), address).map_err(|e| Error::io("write address file", e))?;
+fn print_reply(address: &str, bootstrap: bool) -> Result<()> {
     let out = if bootstrap {
         let r = BootstrapResult { version: 3, address: address.to_string(), protocol: "ttrpc".into(), ..Default::default() };
         r.write_to_bytes().map_err(|e| Error::Internal(format!("encode bootstrap result: {e}")))?

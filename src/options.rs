@@ -71,8 +71,9 @@ pub fn decode(any: Option<&Any>) -> Result<RuntimeOptions> {
                 Error::InvalidArgument(format!("runtime options {source}: {e}"))
             })
         }
-        other => Err(Error::InvalidArgument(format!(
-            "runtime options of type {other:?} are not supported (want {RUNC_OPTIONS} or {CRI_OPTIONS})"
+        _ => Err(Error::InvalidArgument(format!(
+            "runtime options of type {:?} are not supported (want {RUNC_OPTIONS} or {CRI_OPTIONS})",
+            any.type_url
         ))),
     }
 }

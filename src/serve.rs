@@ -19,13 +19,20 @@ use crate::service::Service;
 
 const TASK_V3: &str = "containerd.task.v3.Task";
 const TASK_V2: &str = "containerd.task.v2.Task";
+const START_WATCHDOG: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub fn run(flags: &Flags) -> Result<()> {
     let bundle = std::env::current_dir().map_err(|e| Error::io("current directory", e))?;
     crate::logger::init(&bundle, flags.debug, &flags.namespace, &flags.id);
     // Container processes are reparented to the shim, which reaps them.
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| Error::io("become subreaper", e.into()))?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Error::io("tokio runtime", e))?;
+    // The blocking pool only opens output fifos (see stdio): its threads need
+    // not outlive that, so an idle shim is one thread.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_keep_alive(std::time::Duration::from_millis(500))
+        .build()
+        .map_err(|e| Error::io("tokio runtime", e))?;
     let res = rt.block_on(serve(flags));
     if let Err(e) = &res {
         log::error!("shim server failed: {e}");
@@ -69,6 +76,17 @@ async fn serve(flags: &Flags) -> Result<()> {
     let mut server = Server::new().add_listener(listener).register_service(services);
     server.start().await.map_err(|e| Error::Internal(format!("start ttrpc server: {e}")))?;
     log::info!("serving on {}", flags.socket);
+
+    // containerd calls Create right after `start`. A shim that hears nothing
+    // was abandoned (containerd failed after starting it): it must not linger.
+    let (watched, alarm) = (service.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(START_WATCHDOG).await;
+        if !watched.asked_to_create() {
+            log::warn!("no Create within {}s of start: containerd gave up on this shim; exiting", START_WATCHDOG.as_secs());
+            alarm.notify_one();
+        }
+    });
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
     tokio::select! {

@@ -28,6 +28,8 @@ pub struct Service {
     /// The namespace the shim was started for; used when a request has none.
     namespace: String,
     shutdown: Arc<Notify>,
+    /// A Create has arrived at least once (see `serve`'s start watchdog).
+    asked_to_create: std::sync::atomic::AtomicBool,
 }
 
 const NAMESPACE_KEY: &str = "containerd-namespace-ttrpc";
@@ -51,7 +53,18 @@ fn reply<T>(what: &str, r: Result<T>) -> ttrpc::Result<T> {
 
 impl Service {
     pub fn new(reaper: Reaper, publisher: Publisher, namespace: &str, shutdown: Arc<Notify>) -> Self {
-        Service { tasks: TaskList::default(), reaper, publisher, namespace: namespace.to_string(), shutdown }
+        Service {
+            tasks: TaskList::default(),
+            reaper,
+            publisher,
+            namespace: namespace.to_string(),
+            shutdown,
+            asked_to_create: Default::default(),
+        }
+    }
+
+    pub fn asked_to_create(&self) -> bool {
+        self.asked_to_create.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn ns(&self, ctx: &TtrpcContext) -> String {
@@ -158,6 +171,7 @@ impl Service {
 #[async_trait]
 impl Task for Service {
     async fn create(&self, ctx: &TtrpcContext, req: CreateTaskRequest) -> ttrpc::Result<CreateTaskResponse> {
+        self.asked_to_create.store(true, std::sync::atomic::Ordering::Relaxed);
         let what = format!("create {}", req.id);
         reply(&what, self.do_create(ctx, req).await)
     }

@@ -97,6 +97,8 @@ pub fn parse_target(uri: &str) -> Result<Target> {
     if !path.starts_with('/') {
         return Err(bad("the path must be absolute (scheme:///abs/path)"));
     }
+    // containerd escapes URI paths (a space is %20): the file is the decoded name.
+    let path = percent_decode(path).ok_or_else(|| bad("malformed %-escape"))?;
     match scheme {
         "fifo" => Ok(Target::Fifo(path.into())),
         "file" => Ok(Target::File(path.into())),
@@ -104,15 +106,34 @@ pub fn parse_target(uri: &str) -> Result<Target> {
             let mut args = Vec::new();
             for pair in query.split('&').filter(|p| !p.is_empty()) {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                args.push(k.to_string());
+                let dec = |s: &str| percent_decode(&s.replace('+', " ")).ok_or_else(|| bad("malformed %-escape"));
+                args.push(dec(k)?);
                 if !v.is_empty() {
-                    args.push(v.to_string());
+                    args.push(dec(v)?);
                 }
             }
             Ok(Target::Binary { path: path.into(), args })
         }
         _ => Err(bad("unsupported scheme (want fifo, file or binary)")),
     }
+}
+
+/// Decodes %XX escapes; `None` for a malformed escape or non-UTF-8 result.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -405,21 +426,71 @@ fn set_nonblocking(fd: &OwnedFd) -> Result<()> {
     Ok(())
 }
 
+/// How long an output waits for the client to open its end of the fifo.
+const OUTPUT_RENDEZVOUS: Duration = Duration::from_secs(10);
+
+/// Opens the write end of containerd's output fifo once the client's reader
+/// is there, as runc-v2 does. containerd's client opens its reader with a
+/// blocking open in the background: had the shim already written and closed
+/// its end, that open would wait for a writer forever and a short process's
+/// output would be lost. The blocking open runs on tokio's blocking pool.
+async fn open_output(fifo: &Path) -> Option<(pipe::Sender, std::fs::File)> {
+    let path = fifo.to_path_buf();
+    let open = tokio::task::spawn_blocking(move || FileOptions::new().write(true).custom_flags(libc::O_CLOEXEC).open(path));
+    match tokio::time::timeout(OUTPUT_RENDEZVOUS, open).await {
+        Ok(Ok(Ok(file))) => {
+            // A reader of the shim's own keeps writes from failing (EPIPE) if
+            // the client goes away mid-copy, as runc-v2 does.
+            let keep = FileOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(fifo).ok()?;
+            Some((pipe::Sender::from_file(file).ok()?, keep))
+        }
+        Ok(Ok(Err(e))) => {
+            log::warn!("open output fifo {}: {e}", fifo.display());
+            None
+        }
+        _ => {
+            // Release the blocked open with a reader of our own.
+            let _ = FileOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(fifo);
+            log::warn!("nobody opened {} within {}s: output discarded", fifo.display(), OUTPUT_RENDEZVOUS.as_secs());
+            None
+        }
+    }
+}
+
+/// Output read while waiting for the client's reader. A pty must be read at
+/// once: the kernel flushes it when the last slave closes.
+const EARLY_LIMIT: usize = 1 << 20;
+
 /// Copies a container's output into containerd's fifo until the container
 /// side closes (EOF, or EIO once a pty's last slave is gone).
 async fn copy_out(mut from: impl AsyncRead + Unpin, fifo: PathBuf) {
-    // Read-write keeps the fifo usable while no client reads it, as runc-v2
-    // does: a detached client can come back, and the container never gets EPIPE.
-    let to = pipe::OpenOptions::new().read_write(true).open_sender(&fifo);
-    match to {
-        Ok(mut to) => {
-            if let Err(e) = tokio::io::copy(&mut from, &mut to).await {
-                if e.raw_os_error() != Some(libc::EIO) {
-                    log::warn!("copy to {}: {e}", fifo.display());
-                }
-            }
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let open = open_output(&fifo);
+    tokio::pin!(open);
+    let (mut early, mut buf, mut done) = (Vec::new(), vec![0u8; 8192], false);
+    let target = loop {
+        tokio::select! {
+            t = &mut open => break t,
+            n = from.read(&mut buf), if !done && early.len() < EARLY_LIMIT => match n {
+                Ok(0) | Err(_) => done = true,
+                Ok(n) => early.extend_from_slice(&buf[..n]),
+            },
         }
-        Err(e) => log::warn!("open output fifo {}: {e}", fifo.display()),
+    };
+    drop(buf);
+    let res = match target {
+        Some((mut to, _keep)) => match to.write_all(&early).await {
+            Ok(()) if !done => tokio::io::copy(&mut from, &mut to).await.map(drop),
+            r => r,
+        },
+        // Drain it anyway, so the container never blocks on a full pipe.
+        None if !done => tokio::io::copy(&mut from, &mut tokio::io::sink()).await.map(drop),
+        None => Ok(()),
+    };
+    if let Err(e) = res {
+        if e.raw_os_error() != Some(libc::EIO) {
+            log::warn!("copy to {}: {e}", fifo.display());
+        }
     }
 }
 
@@ -506,6 +577,16 @@ mod tests {
             parse_target("binary:///usr/bin/logger?id=1&verbose").expect("binary"),
             Target::Binary { path: "/usr/bin/logger".into(), args: vec!["id".into(), "1".into(), "verbose".into()] }
         );
+    }
+
+    #[test]
+    fn escaped_paths_and_args_are_decoded() {
+        assert_eq!(parse_target("file:///logs%20dir/my%20app%20%281%29.log").expect("file"), Target::File("/logs dir/my app (1).log".into()));
+        assert_eq!(
+            parse_target("binary:///opt/my%20logger?tag=a%20b&x=1+2").expect("binary"),
+            Target::Binary { path: "/opt/my logger".into(), args: vec!["tag".into(), "a b".into(), "x".into(), "1 2".into()] }
+        );
+        assert_eq!(parse_target("file:///x%zz").expect_err("bad escape").code(), Code::INVALID_ARGUMENT);
     }
 
     #[test]
