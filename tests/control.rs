@@ -919,10 +919,19 @@ fn checkpoint_restore(line: Line, rt: &'static str) {
     );
 
     let started = Instant::now();
-    let o = t.cd.ctr_timeout(
+    let mut o = t.cd.ctr_timeout(
         &["containers", "restore", "--live", &id, &cref],
         RUN_TIMEOUT,
     );
+    // CRIU's restore fails now and then on a loaded machine ("criu failed:
+    // type NOTIFY"), with either shim; one retry keeps the test about the shim.
+    if !o.ok() && o.err().contains("criu failed") {
+        let note = format!("\n*** {} CRIU restore failed once, retrying: {} ***\n", t.tag, ctr_error(&o));
+        let _ = std::io::stderr().write_all(note.as_bytes());
+        t.cd.ctr(&["tasks", "delete", "-f", &id]);
+        t.cd.ctr(&["containers", "delete", &id]);
+        o = t.cd.ctr_timeout(&["containers", "restore", "--live", &id, &cref], RUN_TIMEOUT);
+    }
     assert!(
         o.ok(),
         "{} ctr containers restore --live: {}\n{}",

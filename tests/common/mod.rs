@@ -16,6 +16,7 @@
 pub mod control;
 pub mod scenario;
 pub mod production;
+pub mod robust;
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -506,6 +507,7 @@ impl Containerd {
             .arg("--log-level")
             .arg("debug")
             .env("PATH", &path)
+            .envs(robust::extra_env())
             .env_remove("CONTAINERD_ADDRESS")
             .env_remove("CONTAINERD_NAMESPACE")
             .stdin(Stdio::null())
