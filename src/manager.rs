@@ -224,6 +224,15 @@ pub fn delete(flags: &Flags) -> Result<()> {
         }
     });
     crate::mount::unmount_all(&bundle.join("rootfs"));
+    // A dead shim could not remove its socket; nobody else will. A socket
+    // that still answers belongs to a live (grouped) shim and stays.
+    if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+        if let Some(path) = address.trim().strip_prefix("unix://").filter(|p| p.starts_with(SOCKET_DIR)) {
+            if UnixStream::connect(path).is_err() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
     let resp = DeleteResponse { pid: 0, exit_status: 128 + libc::SIGKILL as u32, exited_at: Some(timestamp(SystemTime::now())).into(), ..Default::default() };
     let bytes = resp.write_to_bytes().map_err(|e| Error::Internal(format!("encode delete response: {e}")))?;
     std::io::stdout().write_all(&bytes).map_err(|e| Error::io("write delete response", e))
