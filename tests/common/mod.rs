@@ -1442,6 +1442,30 @@ fn pb_fields(b: &[u8]) -> Vec<(u32, u8, u64, Vec<u8>)> {
     out
 }
 
+/// A ttrpc Response body: its status (field 1) and payload (field 2).
+pub fn decode_ttrpc_response(body: &[u8]) -> (Option<RpcStatus>, Vec<u8>) {
+    let mut status: Option<RpcStatus> = None;
+    let mut resp = Vec::new();
+    for (f, _, _, data) in pb_fields(body) {
+        match f {
+            1 => {
+                let mut st = RpcStatus { code: 0, message: String::new() };
+                for (f2, _, v, d2) in pb_fields(&data) {
+                    match f2 {
+                        1 => st.code = v,
+                        2 => st.message = String::from_utf8_lossy(&d2).into_owned(),
+                        _ => {}
+                    }
+                }
+                status = Some(st);
+            }
+            2 => resp = data,
+            _ => {}
+        }
+    }
+    (status, resp)
+}
+
 /// An error status from a ttrpc call: gRPC code and message.
 #[derive(Debug, Clone)]
 pub struct RpcStatus {
@@ -1486,28 +1510,7 @@ pub fn ttrpc_call(
     assert_eq!(hdr[8], 2, "ttrpc: expected a response message");
     let mut body = vec![0u8; len];
     s.read_exact(&mut body).expect("read ttrpc response");
-    let mut status: Option<RpcStatus> = None;
-    let mut resp = Vec::new();
-    for (f, _, _, data) in pb_fields(&body) {
-        match f {
-            1 => {
-                let mut st = RpcStatus {
-                    code: 0,
-                    message: String::new(),
-                };
-                for (f2, _, v, d2) in pb_fields(&data) {
-                    match f2 {
-                        1 => st.code = v,
-                        2 => st.message = String::from_utf8_lossy(&d2).into_owned(),
-                        _ => {}
-                    }
-                }
-                status = Some(st);
-            }
-            2 => resp = data,
-            _ => {}
-        }
-    }
+    let (status, resp) = decode_ttrpc_response(&body);
     match status {
         Some(st) if st.code != 0 => Err(st),
         _ => Ok(resp),

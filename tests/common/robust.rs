@@ -396,28 +396,7 @@ pub fn rpc(
     if let Err(e) = s.read_exact(&mut body) {
         return Rpc::Transport(format!("read {method} response: {e}"));
     }
-    let mut status: Option<RpcStatus> = None;
-    let mut resp = Vec::new();
-    for (f, _, _, data) in pb_fields(&body) {
-        match f {
-            1 => {
-                let mut st = RpcStatus {
-                    code: 0,
-                    message: String::new(),
-                };
-                for (f2, _, v, d2) in pb_fields(&data) {
-                    match f2 {
-                        1 => st.code = v,
-                        2 => st.message = String::from_utf8_lossy(&d2).into_owned(),
-                        _ => {}
-                    }
-                }
-                status = Some(st);
-            }
-            2 => resp = data,
-            _ => {}
-        }
-    }
+    let (status, resp) = decode_ttrpc_response(&body);
     match status {
         Some(st) if st.code != 0 => Rpc::Err(st),
         _ => Rpc::Ok(resp),
