@@ -214,15 +214,21 @@ pub fn delete(flags: &Flags) -> Result<()> {
     };
     let opts = load_options(&bundle);
     let root = if opts.root.is_empty() { PathBuf::from(DEFAULT_ROOT) } else { PathBuf::from(&opts.root) };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Error::io("tokio runtime", e))?;
-    rt.block_on(async {
-        let (reaper, _exits) = Reaper::new();
-        tokio::spawn(reaper.clone().run());
-        let runtime = Runtime::new(&opts.binary_name, &root.join(&flags.namespace), &bundle, opts.systemd_cgroup, reaper);
-        if let Err(e) = runtime.delete(&flags.id, true).await {
-            eprintln!("keel delete {}: {e}", flags.id);
-        }
-    });
+    let ns_root = root.join(&flags.namespace);
+    // containerd runs this after every shim exit, also a clean one, and waits
+    // for it: when the runtime keeps nothing for the container (the shim's
+    // Delete already ran), there is no runtime call to make.
+    if runtime_has_state(&ns_root, &flags.id) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Error::io("tokio runtime", e))?;
+        rt.block_on(async {
+            let (reaper, _exits) = Reaper::new();
+            tokio::spawn(reaper.clone().run());
+            let runtime = Runtime::new(&opts.binary_name, &ns_root, &bundle, opts.systemd_cgroup, reaper);
+            if let Err(e) = runtime.delete(&flags.id, true).await {
+                eprintln!("keel delete {}: {e}", flags.id);
+            }
+        });
+    }
     crate::mount::unmount_all(&bundle.join("rootfs"));
     // A dead shim could not remove its socket; nobody else will. A socket
     // that still answers belongs to a live (grouped) shim and stays.
@@ -238,9 +244,33 @@ pub fn delete(flags: &Flags) -> Result<()> {
     std::io::stdout().write_all(&bytes).map_err(|e| Error::io("write delete response", e))
 }
 
+/// Whether the runtime keeps anything for `id` under its root: runc, crun
+/// and youki keep a directory named after the container, runsc files whose
+/// names start with it. Unsure (the root is unreadable) counts as yes.
+fn runtime_has_state(ns_root: &Path, id: &str) -> bool {
+    match std::fs::read_dir(ns_root) {
+        Ok(entries) => entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with(id)),
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delete_calls_the_runtime_only_when_it_keeps_state_for_the_container() {
+        let root = std::env::temp_dir().join(format!("keel-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        assert!(!runtime_has_state(&root, "c1"), "no root at all: nothing to delete");
+        std::fs::create_dir_all(root.join("other")).expect("scratch root");
+        assert!(!runtime_has_state(&root, "c1"), "only another container's state");
+        std::fs::create_dir_all(root.join("c1")).expect("runc-style state dir");
+        assert!(runtime_has_state(&root, "c1"));
+        std::fs::write(root.join("pod_sandbox:pod.state"), b"").expect("runsc-style state file");
+        assert!(runtime_has_state(&root, "pod"));
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     #[test]
     fn socket_names_differ_per_daemon_namespace_and_group() {

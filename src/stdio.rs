@@ -449,15 +449,25 @@ const OUTPUT_RENDEZVOUS: Duration = Duration::from_secs(10);
 /// its end, that open would wait for a writer forever and a short process's
 /// output would be lost. The blocking open runs on tokio's blocking pool.
 async fn open_output(fifo: &Path) -> Option<(pipe::Sender, std::fs::File)> {
+    // A reader of the shim's own keeps writes from failing (EPIPE) if the
+    // client goes away mid-copy, as runc-v2 does.
+    let with_keeper = |file: std::fs::File| {
+        let keep = FileOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(fifo).ok()?;
+        Some((pipe::Sender::from_file(file).ok()?, keep))
+    };
+    // The client's reader is usually there already: no thread needed.
+    match FileOptions::new().write(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(fifo) {
+        Ok(file) => return with_keeper(file),
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {}
+        Err(e) => {
+            log::warn!("open output fifo {}: {e}", fifo.display());
+            return None;
+        }
+    }
     let path = fifo.to_path_buf();
     let open = tokio::task::spawn_blocking(move || FileOptions::new().write(true).custom_flags(libc::O_CLOEXEC).open(path));
     match tokio::time::timeout(OUTPUT_RENDEZVOUS, open).await {
-        Ok(Ok(Ok(file))) => {
-            // A reader of the shim's own keeps writes from failing (EPIPE) if
-            // the client goes away mid-copy, as runc-v2 does.
-            let keep = FileOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(fifo).ok()?;
-            Some((pipe::Sender::from_file(file).ok()?, keep))
-        }
+        Ok(Ok(Ok(file))) => with_keeper(file),
         Ok(Ok(Err(e))) => {
             log::warn!("open output fifo {}: {e}", fifo.display());
             None
