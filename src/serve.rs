@@ -95,9 +95,11 @@ async fn serve(flags: &Flags) -> Result<()> {
     }
     // Let the last events (the delete) reach containerd before leaving.
     publisher.flush(std::time::Duration::from_secs(3)).await;
-    let _ = server.shutdown().await;
+    // Unlinked first: nobody connects after Shutdown, and should closing
+    // the connections stall until the shim is killed, no socket is left.
     if !flags.socket.is_empty() {
         let _ = std::fs::remove_file(Path::new(&flags.socket));
     }
+    let _ = server.shutdown().await;
     Ok(())
 }

@@ -759,6 +759,24 @@ def cleanup(work, quiet=False):
             os.rmdir(nsroot)
         except OSError:
             pass
+        # runc removes a container's cgroup but leaves the namespace's parent
+        # (one per v1 controller, and the unified one): empty by now.
+        try:
+            controllers = os.listdir("/sys/fs/cgroup")
+        except OSError:
+            controllers = []
+        for c in controllers:
+            d = os.path.join("/sys/fs/cgroup", c, st["ns"])
+            if os.path.isdir(d):
+                for sub in sorted((os.path.join(r, x) for r, dirs, _ in os.walk(d) for x in dirs), key=len, reverse=True):
+                    try:
+                        os.rmdir(sub)
+                    except OSError:
+                        pass
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    pass
     # Floor containers.
     froot = os.path.join(work, "floor-runc-root")
     if os.path.isdir(froot):

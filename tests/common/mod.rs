@@ -847,10 +847,15 @@ impl Containerd {
         }
         // Leftover shims of this containerd.
         let leftovers = self.shim_procs();
+        let mut shim_sockets = shim_sockets;
         for p in &leftovers {
             eprintln!("cleanup: killing leftover shim {} {}", p.pid, p.cmdline);
             // SAFETY: plain kill of a pid we just read.
             unsafe { libc::kill(p.pid, libc::SIGKILL) };
+            // A killed shim cannot unlink its socket; its bundle may be gone.
+            if let Some(w) = p.args.windows(2).find(|w| w[0] == "-socket") {
+                shim_sockets.push(PathBuf::from(w[1].trim_start_matches("unix://")));
+            }
         }
         if !leftovers.is_empty() {
             poll(Duration::from_secs(3), || {
