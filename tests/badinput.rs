@@ -10,6 +10,7 @@
 //!
 //! Run with `-- --nocapture` to see the whole table (case → code → message).
 
+#[macro_use]
 mod common;
 
 use common::robust::*;
@@ -1210,21 +1211,6 @@ fn decoder_properties() {
     eprintln!("decoder properties: {n} inputs checked");
 }
 
-macro_rules! per_line {
-    ($name:ident, $f:path) => {
-        mod $name {
-            use super::*;
-            #[test]
-            fn containerd_1_6() {
-                $f(Line::V16)
-            }
-            #[test]
-            fn containerd_2() {
-                $f(Line::V2)
-            }
-        }
-    };
-}
 
 per_line!(table, super::bad_input);
 per_line!(wire_fuzz, super::wire_fuzz);

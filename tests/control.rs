@@ -16,6 +16,7 @@
 //! per test binary; when it fails they print `SKIPPED ...` with the reason on
 //! the real stderr (visible without --nocapture) and pass without checking.
 
+#[macro_use]
 mod common;
 
 use common::control::*;
@@ -1272,41 +1273,17 @@ fn checkpoint_options_argv(line: Line, rt: &'static str) {
 
 // ---------------------------------------------------------------------------
 
-macro_rules! scenarios {
-    ($($s:ident),* $(,)?) => {
-        /// The shim under test, io.containerd.keel.v1.
-        mod keel {
-            $(
-                mod $s {
-                    use crate::common::{Line, KEEL_V1};
-                    #[test]
-                    fn containerd_1_6() { crate::$s(Line::V16, KEEL_V1) }
-                    #[test]
-                    fn containerd_2() { crate::$s(Line::V2, KEEL_V1) }
-                }
-            )*
-        }
-        /// Parity: the same scenarios against containerd's io.containerd.runc.v2.
-        mod runc {
-            $(
-                mod $s {
-                    use crate::common::{Line, RUNC_V2};
-                    #[test]
-                    fn containerd_1_6() { crate::$s(Line::V16, RUNC_V2) }
-                    #[test]
-                    fn containerd_2() { crate::$s(Line::V2, RUNC_V2) }
-                }
-            )*
-        }
-    };
-}
 
+// Keel and, for parity, containerd's io.containerd.runc.v2.
 scenarios!(
-    pause_resume,
-    update_resources,
-    metrics_match_cgroup,
-    oom_event_before_exit,
-    ps_init_and_exec,
-    checkpoint_restore,
-    checkpoint_options_argv,
+    [(keel, KEEL_V1, crate::common::direct), (runc, RUNC_V2, crate::common::direct)],
+    [
+        pause_resume,
+        update_resources,
+        metrics_match_cgroup,
+        oom_event_before_exit,
+        ps_init_and_exec,
+        checkpoint_restore,
+        checkpoint_options_argv,
+    ]
 );

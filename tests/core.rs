@@ -10,6 +10,7 @@
 //!
 //! Run with `-- --nocapture` to see the messages each runtime gives for bad input.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -896,61 +897,30 @@ fn bad_delete(line: Line, rt: &'static str) {
 
 // ---------------------------------------------------------------------------
 
-macro_rules! scenarios {
-    ($($s:ident),* $(,)?) => {
-        /// The shim under test, io.containerd.keel.v1.
-        mod keel {
-            $(
-                mod $s {
-                    use crate::common::{Line, KEEL_V1};
-                    #[test]
-                    fn containerd_1_6() { crate::$s(Line::V16, KEEL_V1) }
-                    #[test]
-                    fn containerd_2() { crate::$s(Line::V2, KEEL_V1) }
-                }
-            )*
-        }
-        /// Keel driving crun (runtime options `BinaryName` through `--runtime-config-path`).
-        mod keel_crun {
-            $(
-                mod $s {
-                    use crate::common::{production::as_crun_variant, Line, KEEL_V1};
-                    #[test]
-                    fn containerd_1_6() { as_crun_variant(|| crate::$s(Line::V16, KEEL_V1)) }
-                    #[test]
-                    fn containerd_2() { as_crun_variant(|| crate::$s(Line::V2, KEEL_V1)) }
-                }
-            )*
-        }
-        /// Parity: the same scenarios against containerd's io.containerd.runc.v2.
-        mod runc {
-            $(
-                mod $s {
-                    use crate::common::{Line, RUNC_V2};
-                    #[test]
-                    fn containerd_1_6() { crate::$s(Line::V16, RUNC_V2) }
-                    #[test]
-                    fn containerd_2() { crate::$s(Line::V2, RUNC_V2) }
-                }
-            )*
-        }
-    };
-}
 
+// Keel; Keel driving crun (runtime options `BinaryName` through
+// `--runtime-config-path`); and, for parity, containerd's io.containerd.runc.v2.
 scenarios!(
-    run_output_and_exit_code,
-    run_stdin_and_eof,
-    run_large_output,
-    run_tty_and_resize,
-    exec_in_running_task,
-    kill_ps_delete,
-    events_order,
-    immediate_exit,
-    log_uri_file,
-    no_leftovers_after_delete,
-    bad_missing_rootfs,
-    bad_exec_in_stopped_task,
-    bad_resize,
-    bad_kill_unknown_exec,
-    bad_delete,
+    [
+        (keel, KEEL_V1, crate::common::direct),
+        (keel_crun, KEEL_V1, crate::common::production::as_crun_variant),
+        (runc, RUNC_V2, crate::common::direct),
+        ],
+        [
+        run_output_and_exit_code,
+        run_stdin_and_eof,
+        run_large_output,
+        run_tty_and_resize,
+        exec_in_running_task,
+        kill_ps_delete,
+        events_order,
+        immediate_exit,
+        log_uri_file,
+        no_leftovers_after_delete,
+        bad_missing_rootfs,
+        bad_exec_in_stopped_task,
+        bad_resize,
+        bad_kill_unknown_exec,
+        bad_delete,
+    ]
 );

@@ -14,6 +14,7 @@
 //!   HTTP/2 client in this file: containerd-client has no CRI protos, and
 //!   tonic alone cannot encode a hand-written message without `bytes`/`prost`.
 
+#[macro_use]
 mod common;
 
 use common::production::*;

@@ -13,127 +13,14 @@
 //! Where runc-v2 can do the same, the scenario also runs against it
 //! (`runc::...`) to prove the test. Run with `-- --nocapture` for the notes.
 
+#[macro_use]
 mod common;
 
 use common::production::*;
+use common::robust::{Rig, RUN_TIMEOUT, STATE_TIMEOUT};
 use common::*;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-const RUN_TIMEOUT: Duration = Duration::from_secs(60);
-const STATE_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// A private containerd and the runtime type under test.
-struct P {
-    cd: Containerd,
-    #[allow(dead_code)]
-    line: Line,
-    rt: &'static str,
-    tag: String,
-}
-
-impl P {
-    fn new(line: Line, rt: &'static str) -> P {
-        rootfs(); // built before containerd starts
-        let cd = Containerd::start(line);
-        let tag = format!("[{} {}]", rt, line.name());
-        P { cd, line, rt, tag }
-    }
-
-    fn run_args(&self, flags: &[&str], id: &str, cmd: &[&str]) -> Vec<String> {
-        let mut a: Vec<String> = vec![
-            "run".into(),
-            "--runtime".into(),
-            self.rt.into(),
-            "--fifo-dir".into(),
-            self.cd.fifo_dir.to_string_lossy().into_owned(),
-            "--env".into(),
-            CONTAINER_PATH.into(),
-        ];
-        a.extend(flags.iter().map(|s| s.to_string()));
-        a.push("--rootfs".into());
-        a.push(rootfs().to_string_lossy().into_owned());
-        a.push(id.into());
-        a.extend(cmd.iter().map(|s| s.to_string()));
-        a
-    }
-
-    fn run(&self, flags: &[&str], id: &str, cmd: &[&str]) -> Output {
-        self.cd
-            .ctr_timeout(&strs(&self.run_args(flags, id, cmd)), RUN_TIMEOUT)
-    }
-
-    /// `ctr run -d flags...`, must succeed.
-    fn run_d(&self, flags: &[&str], id: &str, cmd: &[&str]) {
-        let mut f = vec!["-d"];
-        f.extend_from_slice(flags);
-        let o = self.run(&f, id, cmd);
-        assert!(
-            o.ok(),
-            "{} run -d {id} failed: {}\n{}",
-            self.tag,
-            o.describe(),
-            self.cd.log_tail(30)
-        );
-    }
-
-    fn exec(&self, id: &str, exec_id: &str, cmd: &[&str]) -> Output {
-        let mut a = vec![
-            "tasks".to_string(),
-            "exec".into(),
-            "--fifo-dir".into(),
-            self.cd.fifo_dir.to_string_lossy().into_owned(),
-            "--exec-id".into(),
-            exec_id.into(),
-            id.into(),
-        ];
-        a.extend(cmd.iter().map(|s| s.to_string()));
-        self.cd.ctr_timeout(&strs(&a), RUN_TIMEOUT)
-    }
-
-    fn assert_exec(&self, id: &str, why: &str) {
-        let eid = unique("x");
-        let word = format!("alive-{id}");
-        let o = self.exec(id, &eid, &["echo", &word]);
-        assert!(
-            o.ok() && o.out() == format!("{word}\n"),
-            "{} {why}: exec in {id} does not work: {}\n{}",
-            self.tag,
-            o.describe(),
-            self.cd.log_tail(30)
-        );
-    }
-
-    fn task(&self, id: &str) -> Option<(u32, String)> {
-        task_list(&self.cd)
-            .into_iter()
-            .find(|t| t.0 == id)
-            .map(|t| (t.1, t.2))
-    }
-
-    fn wait_status(&self, id: &str, status: &str) -> u32 {
-        poll(STATE_TIMEOUT, || {
-            self.task(id).filter(|t| t.1 == status).map(|t| t.0)
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "{} task {id} not {status} within {STATE_TIMEOUT:?}; task ls:\n{}",
-                self.tag,
-                self.cd.ctr_ok(&["tasks", "ls"])
-            )
-        })
-    }
-
-    fn delete(&self, id: &str) {
-        let o = self.cd.ctr(&["tasks", "delete", id]);
-        assert!(o.ok(), "{} task delete {id}: {}", self.tag, o.describe());
-        self.cd.ctr_ok(&["containers", "delete", id]);
-    }
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
 
 fn kill_pid(pid: i32, sig: i32) {
     // SAFETY: plain kill(2).
@@ -157,7 +44,7 @@ fn shims_desc(cd: &Containerd) -> String {
 /// with ConfigPath) say `BinaryName = <crun>`; init, exec, kill, delete work
 /// and the evidence says crun, not runc, did it.
 fn crun_backend(line: Line, rt: &'static str) {
-    let p = P::new(line, rt);
+    let p = Rig::for_runtime(line, rt);
     let opts = crun_options(&p.cd);
     let wrapper = crun_compat(&p.cd);
     let ev = p.cd.events();
@@ -178,7 +65,7 @@ fn crun_backend(line: Line, rt: &'static str) {
         p.tag, info["Runtime"]
     );
 
-    let o = p.exec(&id, "e1", &["sh", "-c", "echo via-crun; exit 3"]);
+    let o = p.exec(&[], &id, "e1", &["sh", "-c", "echo via-crun; exit 3"]);
     assert_eq!(o.code, Some(3), "{} exec through crun: {}", p.tag, o.describe());
     assert_eq!(o.out(), "via-crun\n", "{} {}", p.tag, o.describe());
 
@@ -239,7 +126,7 @@ fn crun_backend(line: Line, rt: &'static str) {
     );
     assert_eq!(e.payload["exit_status"], 21, "{} {}", p.tag, e.raw);
     p.wait_status(&id, "STOPPED");
-    p.delete(&id);
+    p.delete_ok(&id);
     assert!(
         poll(Duration::from_secs(10), || (!state.exists()).then_some(())).is_some(),
         "{} crun state {} left after delete",
@@ -289,7 +176,7 @@ fn crun_backend(line: Line, rt: &'static str) {
 /// binary, nothing is left of the container, and the shim that serves a
 /// neighbour in the same group (so the same shim process) keeps serving it.
 fn crun_missing_binary(line: Line, rt: &'static str) {
-    let p = P::new(line, rt);
+    let p = Rig::for_runtime(line, rt);
     let group = unique("grp");
     let ann = format!("io.containerd.keel.v1.group={group}");
     let nb = p.cd.id("neighbour");
@@ -336,7 +223,7 @@ fn crun_missing_binary(line: Line, rt: &'static str) {
         let now: Vec<i32> = p.cd.shim_procs().iter().map(|s| s.pid).collect();
         assert_eq!(now, vec![shim], "{} shims after the failure: {}", p.tag, shims_desc(&p.cd));
         assert_eq!(p.task(&nb).map(|t| t.1), Some("RUNNING".into()), "{}", p.tag);
-        p.assert_exec(&nb, "a create with a missing runtime binary");
+        p.assert_exec_works(&nb, "a create with a missing runtime binary");
     }
 }
 
@@ -347,7 +234,7 @@ fn crun_missing_binary(line: Line, rt: &'static str) {
 /// Three containers annotated `key=<pod>` share exactly one shim; each can be
 /// exec'd, killed and deleted; the shim lives until the last delete, then exits.
 fn pod_grouping(line: Line, rt: &'static str, key: &str) {
-    let p = P::new(line, rt);
+    let p = Rig::for_runtime(line, rt);
     let ev = p.cd.events();
     let pod = unique("pod");
     let ann = format!("{key}={pod}");
@@ -380,7 +267,7 @@ fn pod_grouping(line: Line, rt: &'static str, key: &str) {
         p.tag
     );
     for id in &ids {
-        p.assert_exec(id, "grouping");
+        p.assert_exec_works(id, "grouping");
     }
     for (i, id) in ids.iter().enumerate() {
         let o = p.cd.ctr(&["tasks", "kill", id]);
@@ -392,7 +279,7 @@ fn pod_grouping(line: Line, rt: &'static str, key: &str) {
         );
         assert_eq!(e.payload["exit_status"], 30 + i, "{} {}", p.tag, e.raw);
         p.wait_status(id, "STOPPED");
-        p.delete(id);
+        p.delete_ok(id);
         let last = i == ids.len() - 1;
         if !last {
             // Not before the last: give a wrongly exiting shim the time to go.
@@ -411,7 +298,7 @@ fn pod_grouping(line: Line, rt: &'static str, key: &str) {
                     "{} {other} after deleting {id}",
                     p.tag
                 );
-                p.assert_exec(other, &format!("deleting {id}"));
+                p.assert_exec_works(other, &format!("deleting {id}"));
             }
         }
     }
@@ -433,6 +320,8 @@ fn pod_grouping(line: Line, rt: &'static str, key: &str) {
         addrs[0].exists(),
         shims_desc(&p.cd)
     );
+    // What the reference leaves behind is the test's to remove.
+    let _ = std::fs::remove_file(&addrs[0]);
 }
 
 fn pod_grouping_keel_label(line: Line, rt: &'static str) {
@@ -454,7 +343,7 @@ fn pod_grouping_sandbox_id(line: Line, rt: &'static str) {
 /// its /tasks/exit is forwarded once, and its /tasks/delete carries the status;
 /// containerd 2.x deletes such a task itself while it loads (see below).
 fn containerd_restart(line: Line, rt: &'static str) {
-    let mut p = P::new(line, rt);
+    let mut p = Rig::for_runtime(line, rt);
     let ids: Vec<String> = (0..10).map(|i| p.cd.id(&format!("keep{i}"))).collect();
     for (i, id) in ids.iter().enumerate() {
         let script = format!("trap 'exit {}' TERM; sleep 1000 & wait", 40 + i);
@@ -565,7 +454,7 @@ fn containerd_restart(line: Line, rt: &'static str) {
     }
 
     for (i, id) in ids.iter().enumerate() {
-        p.assert_exec(id, "the containerd restart");
+        p.assert_exec_works(id, "the containerd restart");
         let (cd, ns, cid) = (&p.cd, p.cd.ns.clone(), id.clone());
         let status = std::thread::scope(|s| {
             let w = s.spawn(|| api_task_wait(cd, &ns, &cid, "", RUN_TIMEOUT));
@@ -582,7 +471,7 @@ fn containerd_restart(line: Line, rt: &'static str) {
             p.tag
         );
         p.wait_status(id, "STOPPED");
-        p.delete(id);
+        p.delete_ok(id);
     }
     if line == Line::V2 {
         p.cd.ctr_ok(&["containers", "delete", &late]);
@@ -630,7 +519,7 @@ fn shim_crash_crun(line: Line, rt: &'static str) {
 }
 
 fn shim_crash_case(line: Line, rt: &'static str, crun: bool) {
-    let p = P::new(line, rt);
+    let p = Rig::for_runtime(line, rt);
     let ev = p.cd.events();
     let id = p.cd.id("crash");
     let opts = crun.then(|| crun_options(&p.cd).to_string_lossy().into_owned());
@@ -640,7 +529,7 @@ fn shim_crash_case(line: Line, rt: &'static str, crun: bool) {
     }
     p.run_d(&flags, &id, &["sleep", "1000"]);
     let pid = p.wait_status(&id, "RUNNING");
-    let o = p.exec(&id, "bg", &["sh", "-c", "sleep 1000 </dev/null >/dev/null 2>&1 & echo started"]);
+    let o = p.exec(&[], &id, "bg", &["sh", "-c", "sleep 1000 </dev/null >/dev/null 2>&1 & echo started"]);
     assert!(o.ok(), "{} exec: {}", p.tag, o.describe());
     let shims = p.cd.shim_procs_for(&id);
     assert_eq!(shims.len(), 1, "{} shims: {}", p.tag, shims_desc(&p.cd));
@@ -721,7 +610,7 @@ fn read_oom_adj(pid: i32) -> i32 {
 /// containerd's score is raised first (raising needs no privilege; this VM
 /// refuses every lowering) so that "+1" is not confused with a default.
 fn shim_oom_score(line: Line, rt: &'static str) {
-    let p = P::new(line, rt);
+    let p = Rig::for_runtime(line, rt);
     let cdpid = daemon_pid(&p.cd);
     let before = read_oom_adj(cdpid);
     let want_cd = before.max(250);
@@ -836,7 +725,7 @@ fn shim_cgroup_case(line: Line, rt: &'static str, precreate: bool) {
     if precreate {
         make_cgroup(&cg);
     }
-    let p = P::new(line, rt);
+    let p = Rig::for_runtime(line, rt);
     let opts = options_file(&p.cd, "shimcg", &format!("ShimCgroup = \"{cg}\"\n"));
     let id = p.cd.id("shimcg");
     p.run_d(&["--runtime-config-path", &opts.to_string_lossy()], &id, &["sleep", "1000"]);
@@ -873,10 +762,10 @@ fn shim_cgroup_case(line: Line, rt: &'static str, precreate: bool) {
         "{} the container joined the shim's cgroup:\n{init_cg}",
         p.tag
     );
-    p.assert_exec(&id, "ShimCgroup");
+    p.assert_exec_works(&id, "ShimCgroup");
     p.cd.ctr(&["tasks", "kill", "-s", "SIGKILL", &id]);
     p.wait_status(&id, "STOPPED");
-    p.delete(&id);
+    p.delete_ok(&id);
     assert!(
         poll(Duration::from_secs(10), || p.cd.shim_procs().is_empty().then_some(())).is_some(),
         "{} shim left: {}",
@@ -956,7 +845,7 @@ fn info_binary_direct() {
 /// (`ctr plugins inspect-runtime`): name io.containerd.keel.v1 and runc's
 /// features, as for runc-v2. (containerd 1.6 has no such call.)
 fn info_inspect_runtime(line: Line, rt: &'static str) {
-    let p = P::new(line, rt);
+    let p = Rig::for_runtime(line, rt);
     let o = p.cd.ctr_raw(
         None,
         &["plugins", "inspect-runtime", "--runtime", rt],

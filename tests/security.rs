@@ -12,6 +12,7 @@
 //!   `$(touch ...)`, backquotes and `;` in process args, a BinaryName and a log
 //!   path are taken literally: the marker files never appear on the host.
 
+#[macro_use]
 mod common;
 
 use common::robust::*;
@@ -496,21 +497,6 @@ fn no_shell(line: Line) {
     r.kill_delete(&id);
 }
 
-macro_rules! per_line {
-    ($name:ident, $f:path) => {
-        mod $name {
-            use super::*;
-            #[test]
-            fn containerd_1_6() {
-                $f(Line::V16)
-            }
-            #[test]
-            fn containerd_2() {
-                $f(Line::V2)
-            }
-        }
-    };
-}
 
 per_line!(socket, super::socket_private);
 per_line!(fds, super::fds_in_container);

@@ -31,6 +31,7 @@
 //! KEEL_STRESS_N=2000 cargo test --release --test stress stress:: -- --test-threads 1
 //! ```
 
+#[macro_use]
 mod common;
 
 use common::robust::*;
@@ -1290,23 +1291,6 @@ fn late_reader(line: Line) {
 
 // ---------------------------------------------------------------------------
 
-macro_rules! per_line {
-    ($name:ident, $body:expr) => {
-        mod $name {
-            use super::*;
-            #[test]
-            fn containerd_1_6() {
-                let f: fn(Line) = $body;
-                f(Line::V16)
-            }
-            #[test]
-            fn containerd_2() {
-                let f: fn(Line) = $body;
-                f(Line::V2)
-            }
-        }
-    };
-}
 
 per_line!(stress, |l| super::stress(l, stress_n()));
 per_line!(immediate_exit, |l| super::immediate_exit(l, 30));

@@ -13,6 +13,59 @@
 //! its own shims leave there.
 #![allow(dead_code)]
 
+// The test-declaring macros every suite uses (`#[macro_use] mod common;`).
+// Defined before the submodules so that they can use them too.
+
+/// `per_line!(name, f)`: module `name` with one test per containerd line,
+/// each calling `f(Line)` (a function path or a closure).
+#[allow(unused_macros)]
+macro_rules! per_line {
+    ($name:ident, $f:expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn containerd_1_6() {
+                let f: fn(Line) = $f;
+                f(Line::V16)
+            }
+            #[test]
+            fn containerd_2() {
+                let f: fn(Line) = $f;
+                f(Line::V2)
+            }
+        }
+    };
+}
+
+/// `scenarios!([(module, RUNTIME, runner), ...], [s1, s2, ...])`: for each
+/// runtime variant a module holding, per scenario `s(Line, &str)`, one test
+/// per containerd line; `runner` wraps the call (`common::direct`, or
+/// `common::production::as_crun_variant`).
+#[allow(unused_macros)]
+macro_rules! scenarios {
+    ([$(($module:ident, $rt:ident, $run:path)),+ $(,)?], $ss:tt) => {
+        $( scenarios!(@variant $module, $rt, $run, $ss); )+
+    };
+    (@variant $module:ident, $rt:ident, $run:path, [$($s:ident),* $(,)?]) => {
+        mod $module {
+            $(
+                mod $s {
+                    use crate::common::{Line, $rt};
+                    #[test]
+                    fn containerd_1_6() { $run(|| crate::$s(Line::V16, $rt)) }
+                    #[test]
+                    fn containerd_2() { $run(|| crate::$s(Line::V2, $rt)) }
+                }
+            )*
+        }
+    };
+}
+
+/// The plain runner for `scenarios!`.
+pub fn direct<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 pub mod control;
 pub mod scenario;
 pub mod production;
@@ -452,6 +505,17 @@ pub struct Containerd {
     pub ns: String,
     child: Mutex<Option<Child>>,
     pid: i32,
+    /// Shim sockets that existed before this containerd started.
+    sockets_before: BTreeSet<String>,
+}
+
+/// Where shims put their sockets (not configurable per containerd).
+const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
+
+fn shim_socket_names() -> BTreeSet<String> {
+    fs::read_dir(SHIM_SOCKET_DIR)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
 }
 
 impl Containerd {
@@ -465,6 +529,7 @@ impl Containerd {
             shim.display()
         );
 
+        let sockets_before = shim_socket_names();
         let n = next_n();
         let dir = PathBuf::from(IT_BASE).join(format!(
             "{}-{}-{}",
@@ -533,6 +598,7 @@ impl Containerd {
             ns,
             child: Mutex::new(Some(child)),
             pid,
+            sockets_before,
         };
         // Wait until the socket answers.
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -903,6 +969,20 @@ impl Containerd {
                 .unwrap_or(false)
             {
                 let _ = fs::remove_file(&s);
+            }
+        }
+        // Sockets of shims that died without unlinking them (runc-v2 leaves
+        // its own after a crash or as a pod's last shim). Only ones created
+        // while this containerd ran, and only dead ones: a live listener is
+        // another test's shim.
+        for name in shim_socket_names().difference(&self.sockets_before) {
+            let path = Path::new(SHIM_SOCKET_DIR).join(name);
+            let dead = matches!(
+                std::os::unix::net::UnixStream::connect(&path),
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED)
+            );
+            if dead {
+                let _ = fs::remove_file(&path);
             }
         }
         // Unmount anything below our directory, deepest (latest) first.

@@ -75,6 +75,14 @@ impl Rig {
         Rig::with_env(line, &[])
     }
 
+    /// A rig whose `run` uses runtime type `rt`.
+    pub fn for_runtime(line: Line, rt: &'static str) -> Rig {
+        let mut r = Rig::new(line);
+        r.rt = rt;
+        r.tag = format!("[{} {}]", rt, line.name());
+        r
+    }
+
     pub fn with_env(line: Line, env: &[(&str, &str)]) -> Rig {
         let r = rootfs();
         assert!(r.join("bin/sh").exists());
@@ -195,6 +203,13 @@ impl Rig {
         });
         self.cd.ctr(&["tasks", "delete", "-f", id]);
         self.cd.ctr(&["containers", "delete", id]);
+    }
+
+    /// Deletes a stopped task and its container; both must succeed.
+    pub fn delete_ok(&self, id: &str) {
+        let o = self.cd.ctr(&["tasks", "delete", id]);
+        assert!(o.ok(), "{} task delete {id}: {}", self.tag, o.describe());
+        self.cd.ctr_ok(&["containers", "delete", id]);
     }
 
     /// An exec with output and exit code still works in `id`.
