@@ -381,7 +381,7 @@ fn containerd_restart(line: Line, rt: &'static str) {
     for s in &shims_before {
         assert!(pid_alive(*s), "{} shim {s} died with containerd", p.tag);
     }
-    let listed = task_list(&p.cd);
+    let listed = p.cd.task_list();
     for (id, pid) in ids.iter().zip(&pids) {
         assert!(
             listed.iter().any(|t| &t.0 == id && t.1 == *pid && t.2 == "RUNNING"),

@@ -701,6 +701,36 @@ impl Containerd {
         run_cmd_input(cmd, Input::Feed(feed), timeout)
     }
 
+    /// `ctr task ls` as (id, pid, status); empty if ctr fails (a waiter then
+    /// times out and shows the listing).
+    pub fn task_list(&self) -> Vec<(String, u32, String)> {
+        self.ctr(&["tasks", "ls"])
+            .out()
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 3).then(|| (f[0].to_string(), f[1].parse().unwrap_or(0), f[2].to_string()))
+            })
+            .collect()
+    }
+
+    /// The arguments of `ctr tasks exec` (fifos in this daemon's fifo dir).
+    pub fn exec_args(&self, flags: &[&str], id: &str, exec_id: &str, cmd: &[&str]) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "tasks".into(),
+            "exec".into(),
+            "--fifo-dir".into(),
+            self.fifo_dir.to_string_lossy().into_owned(),
+            "--exec-id".into(),
+            exec_id.into(),
+        ];
+        a.extend(flags.iter().map(|s| s.to_string()));
+        a.push(id.into());
+        a.extend(cmd.iter().map(|s| s.to_string()));
+        a
+    }
+
     /// ctr that must succeed; returns its stdout.
     pub fn ctr_ok(&self, args: &[&str]) -> String {
         let o = self.ctr(args);

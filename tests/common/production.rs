@@ -154,16 +154,6 @@ pub fn log_since(cd: &Containerd, offset: usize) -> String {
 }
 
 /// `ctr task ls` as (id, pid, status).
-pub fn task_list(cd: &Containerd) -> Vec<(String, u32, String)> {
-    cd.ctr_ok(&["tasks", "ls"])
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 3).then(|| (f[0].to_string(), f[1].parse().unwrap_or(0), f[2].to_string()))
-        })
-        .collect()
-}
 
 /// Pids of the direct children of `pid` (from /proc/PID/task/*/children).
 pub fn children_of(pid: u32) -> Vec<u32> {

@@ -87,18 +87,7 @@ impl Scenario {
     }
 
     pub fn exec_args(&self, flags: &[&str], id: &str, exec_id: &str, cmd: &[&str]) -> Vec<String> {
-        let mut a: Vec<String> = vec![
-            "tasks".into(),
-            "exec".into(),
-            "--fifo-dir".into(),
-            self.cd.fifo_dir.to_string_lossy().into_owned(),
-            "--exec-id".into(),
-            exec_id.into(),
-        ];
-        a.extend(flags.iter().map(|s| s.to_string()));
-        a.push(id.into());
-        a.extend(cmd.iter().map(|s| s.to_string()));
-        a
+        self.cd.exec_args(flags, id, exec_id, cmd)
     }
 
     pub fn exec(&self, flags: &[&str], id: &str, exec_id: &str, cmd: &[&str]) -> Output {
@@ -107,14 +96,7 @@ impl Scenario {
 
     /// `ctr task ls` as (id, pid, status).
     pub fn tasks(&self) -> Vec<(String, u32, String)> {
-        let out = self.cd.ctr_ok(&["tasks", "ls"]);
-        out.lines()
-            .skip(1)
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() >= 3).then(|| (f[0].to_string(), f[1].parse().unwrap_or(0), f[2].to_string()))
-            })
-            .collect()
+        self.cd.task_list()
     }
 
     pub fn task(&self, id: &str) -> Option<(u32, String)> {
