@@ -506,26 +506,27 @@ async fn copy_out(mut from: impl AsyncRead + Unpin, fifo: PathBuf, opened: tokio
     let _ = opened.send(());
     let res = match target {
         Some((mut to, keep)) => {
-            let res = match to.write_all(&early).await {
+            let res = ended_normally(match to.write_all(&early).await {
                 Ok(()) if !done => tokio::io::copy(&mut from, &mut to).await.map(drop),
                 r => r,
-            };
-            // A pty reports its last slave's close as EIO: the normal end.
-            let res = res.or_else(|e| if e.raw_os_error() == Some(libc::EIO) { Ok(()) } else { Err(e) });
+            });
             if res.is_ok() {
                 wait_consumed(&keep, &fifo).await;
             }
             res
         }
         // Drain it anyway, so the container never blocks on a full pipe.
-        None if !done => tokio::io::copy(&mut from, &mut tokio::io::sink()).await.map(drop),
+        None if !done => ended_normally(tokio::io::copy(&mut from, &mut tokio::io::sink()).await.map(drop)),
         None => Ok(()),
     };
     if let Err(e) = res {
-        if e.raw_os_error() != Some(libc::EIO) {
-            log::warn!("copy to {}: {e}", fifo.display());
-        }
+        log::warn!("copy to {}: {e}", fifo.display());
     }
+}
+
+/// A pty reports its last slave's close as EIO: the normal end of a copy.
+fn ended_normally(res: std::io::Result<()>) -> std::io::Result<()> {
+    res.or_else(|e| if e.raw_os_error() == Some(libc::EIO) { Ok(()) } else { Err(e) })
 }
 
 /// How long the end of a copy waits for the client to read what is left in
