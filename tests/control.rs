@@ -130,48 +130,23 @@ struct CheckpointOpts {
     work_path: String,
 }
 
-fn pb_varint(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let b = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(b);
-            return;
-        }
-        out.push(b | 0x80);
-    }
-}
-
-fn pb_bool(out: &mut Vec<u8>, field: u64, v: bool) {
-    if v {
-        pb_varint(out, field << 3);
-        pb_varint(out, 1);
-    }
-}
-
-fn pb_str(out: &mut Vec<u8>, field: u64, s: &str) {
-    if !s.is_empty() {
-        pb_varint(out, (field << 3) | 2);
-        pb_varint(out, s.len() as u64);
-        out.extend_from_slice(s.as_bytes());
-    }
-}
-
 impl CheckpointOpts {
     fn encode(&self) -> Vec<u8> {
+        // proto3: fields at their default value are left out.
         let mut b = Vec::new();
-        pb_bool(&mut b, 1, self.exit);
-        pb_bool(&mut b, 2, self.open_tcp);
-        pb_bool(&mut b, 3, self.external_unix_sockets);
-        pb_bool(&mut b, 4, self.terminal);
-        pb_bool(&mut b, 5, self.file_locks);
-        for ns in &self.empty_namespaces {
-            pb_varint(&mut b, (6 << 3) | 2);
-            pb_varint(&mut b, ns.len() as u64);
-            b.extend_from_slice(ns.as_bytes());
+        for (field, set) in [(1, self.exit), (2, self.open_tcp), (3, self.external_unix_sockets), (4, self.terminal), (5, self.file_locks)] {
+            if set {
+                pb_uint(&mut b, field, 1);
+            }
         }
-        pb_str(&mut b, 8, &self.image_path);
-        pb_str(&mut b, 9, &self.work_path);
+        for ns in &self.empty_namespaces {
+            pb_bytes(&mut b, 6, ns.as_bytes());
+        }
+        for (field, s) in [(8, &self.image_path), (9, &self.work_path)] {
+            if !s.is_empty() {
+                pb_bytes(&mut b, field, s.as_bytes());
+            }
+        }
         b
     }
 }

@@ -18,6 +18,7 @@
 mod common;
 
 use common::production::*;
+use common::robust::Pb;
 use common::*;
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -29,64 +30,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 const PAUSE_IMAGE: &str = "docker.io/keel/pause:test";
 const BUSYBOX_IMAGE: &str = "docker.io/keel/busybox:test";
 const K8S_NS: &str = "k8s.io";
-
-// ---------------------------------------------------------------------------
-// protobuf
-// ---------------------------------------------------------------------------
-
-/// A protobuf message being written, field by field.
-#[derive(Default, Clone)]
-struct Pb(Vec<u8>);
-
-impl Pb {
-    fn new() -> Pb {
-        Pb::default()
-    }
-    fn varint(out: &mut Vec<u8>, mut v: u64) {
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(b);
-                return;
-            }
-            out.push(b | 0x80);
-        }
-    }
-    fn key(&mut self, field: u32, wt: u8) {
-        Pb::varint(&mut self.0, ((field as u64) << 3) | wt as u64);
-    }
-    fn bytes(mut self, field: u32, b: &[u8]) -> Pb {
-        self.key(field, 2);
-        Pb::varint(&mut self.0, b.len() as u64);
-        self.0.extend_from_slice(b);
-        self
-    }
-    fn str(self, field: u32, s: &str) -> Pb {
-        self.bytes(field, s.as_bytes())
-    }
-    fn msg(self, field: u32, m: Pb) -> Pb {
-        self.bytes(field, &m.0)
-    }
-    /// int32/int64/uint/enum/bool (negative numbers as 10-byte two's complement).
-    fn int(mut self, field: u32, v: i64) -> Pb {
-        self.key(field, 0);
-        Pb::varint(&mut self.0, v as u64);
-        self
-    }
-    /// One entry of a `map<string, string>` field.
-    fn map(self, field: u32, k: &str, v: &str) -> Pb {
-        self.msg(field, Pb::new().str(1, k).str(2, v))
-    }
-}
-
-fn pb_uint(b: &[u8], field: u32) -> u64 {
-    pb_parse(b)
-        .into_iter()
-        .find(|f| f.0 == field && f.1 == 0)
-        .map(|f| f.2)
-        .unwrap_or(0)
-}
 
 // ---------------------------------------------------------------------------
 // HPACK decoding (RFC 7541), enough for a gRPC server's response headers
@@ -878,7 +821,7 @@ fn pod_through_keel_handler(line: Line) {
         &cd,
     );
     let status = pb_field_bytes(&st, 1).unwrap_or_default();
-    assert_eq!(pb_uint(&status, 3), 0, "{tag} pod state (SANDBOX_READY = 0)");
+    assert_eq!(pb_field_uint(&status, 3), 0, "{tag} pod state (SANDBOX_READY = 0)");
     assert_eq!(pb_field_str(&status, 9), "keel", "{tag} pod runtime_handler");
 
     let keel_shims = || -> Vec<ProcInfo> {
@@ -929,8 +872,8 @@ fn pod_through_keel_handler(line: Line) {
         pb_field_bytes(&r, 1).unwrap_or_default()
     };
     let s = status(&mut cri);
-    assert_eq!(pb_uint(&s, 3), 1, "{tag} container state (CONTAINER_RUNNING = 1)");
-    assert!(pb_uint(&s, 5) > 0, "{tag} started_at");
+    assert_eq!(pb_field_uint(&s, 3), 1, "{tag} container state (CONTAINER_RUNNING = 1)");
+    assert!(pb_field_uint(&s, 5) > 0, "{tag} started_at");
 
     // One Keel shim serves the pod: sandbox and container.
     let shims = keel_shims();
@@ -984,7 +927,7 @@ fn pod_through_keel_handler(line: Line) {
     let out = pb_field_str(&r, 1);
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("exec-hi-env"), "{tag} ExecSync stdout {out:?}");
-    assert_eq!(pb_uint(&r, 3), 3, "{tag} ExecSync exit code");
+    assert_eq!(pb_field_uint(&r, 3), 3, "{tag} ExecSync exit code");
     let cd_adj: i64 = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", daemon_pid(&cd)))
         .unwrap()
         .trim()
@@ -1001,11 +944,11 @@ fn pod_through_keel_handler(line: Line) {
     );
     let s = poll(Duration::from_secs(15), || {
         let s = status(&mut cri);
-        (pb_uint(&s, 3) == 2).then_some(s)
+        (pb_field_uint(&s, 3) == 2).then_some(s)
     })
     .unwrap_or_else(|| panic!("{tag} container not EXITED after StopContainer"));
-    assert_eq!(pb_uint(&s, 7), 7, "{tag} exit code");
-    assert!(pb_uint(&s, 6) > 0, "{tag} finished_at");
+    assert_eq!(pb_field_uint(&s, 7), 7, "{tag} exit code");
+    assert!(pb_field_uint(&s, 6) > 0, "{tag} finished_at");
     assert_eq!(pb_field_str(&s, 10), "Error", "{tag} reason for a non-zero exit");
     assert!(pid_alive(shim), "{tag} the pod's shim exited with its container");
 
@@ -1024,7 +967,7 @@ fn pod_through_keel_handler(line: Line) {
         &cd,
     );
     assert_eq!(
-        pb_uint(&pb_field_bytes(&st, 1).unwrap_or_default(), 3),
+        pb_field_uint(&pb_field_bytes(&st, 1).unwrap_or_default(), 3),
         1,
         "{tag} pod state after StopPodSandbox (SANDBOX_NOTREADY = 1)"
     );

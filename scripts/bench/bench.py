@@ -184,20 +184,26 @@ class Env:
     def shims(self, kind):
         """{container id: pid} of the serving shims of this daemon for one kind."""
         found = {}
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
-            try:
-                with open(f"/proc/{d}/cmdline", "rb") as f:
-                    argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-            except OSError:
-                continue
+        for d, argv in proc_argvs():
             if not argv or os.path.basename(argv[0]) != SHIM_BIN[kind]:
                 continue
             if not has_flag(argv, "address", self.sock) or "start" in argv or "delete" in argv:
                 continue
             found[flag_value(argv, "id") or d] = int(d)
         return found
+
+
+def proc_argvs():
+    """(pid as a string, argv) of every process that can still be read."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+        except OSError:
+            continue
+        yield d, argv
 
 
 def flag_value(argv, name):
@@ -725,14 +731,7 @@ def cleanup(work, quiet=False):
             for cid in os.listdir(nsroot):
                 subprocess.run([runc, "--root", nsroot, "delete", "-f", cid], capture_output=True, timeout=30)
         # Shims of this daemon that are still up.
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
-            try:
-                with open(f"/proc/{d}/cmdline", "rb") as f:
-                    argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-            except OSError:
-                continue
+        for d, argv in proc_argvs():
             if argv and os.path.basename(argv[0]) in SHIM_BIN.values() and flag_value(argv, "address") == st["sock"]:
                 # Its socket: Keel names it on its command line; runc-v2's is
                 # sha256(address/namespace/id) under /run/containerd/s.

@@ -558,35 +558,8 @@ impl Containerd {
         let sock = dir.join("containerd.sock");
         let log = dir.join("containerd.log");
         let logf = File::create(&log).unwrap();
-        let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin_dir.display());
-
-        let mut cmd = Command::new(line.containerd());
-        cmd.arg("--config")
-            .arg(&config)
-            .arg("--root")
-            .arg(&root)
-            .arg("--state")
-            .arg(&state)
-            .arg("--address")
-            .arg(&sock)
-            .arg("--log-level")
-            .arg("debug")
-            .env("PATH", &path)
-            .envs(robust::extra_env())
-            .env_remove("CONTAINERD_ADDRESS")
-            .env_remove("CONTAINERD_NAMESPACE")
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().unwrap())
-            .stderr(logf)
-            .current_dir(&dir);
-        // Its own process group: a Ctrl-C on `cargo test` does not hit it first.
-        cmd.process_group(0);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", line.containerd().display()));
-        let pid = child.id() as i32;
         let ns = format!("kit-{}-{}", std::process::id(), n);
-        let cd = Containerd {
+        let mut cd = Containerd {
             line,
             dir,
             root,
@@ -596,45 +569,75 @@ impl Containerd {
             fifo_dir,
             bin_dir,
             ns,
-            child: Mutex::new(Some(child)),
-            pid,
+            child: Mutex::new(None),
+            pid: 0,
             sockets_before,
         };
-        // Wait until the socket answers.
-        let deadline = Instant::now() + Duration::from_secs(20);
+        cd.spawn_daemon(logf);
+        cd.wait_answering("start", Duration::from_secs(20));
+        cd.ctr_ok(&["namespaces", "create", &cd.ns.clone()]);
+        cd
+    }
+
+    /// Spawns the daemon with this config, root, state, socket and PATH
+    /// (the shims under test first), its output going to `logf`.
+    fn spawn_daemon(&mut self, logf: File) {
+        let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", self.bin_dir.display());
+        let mut cmd = Command::new(self.line.containerd());
+        cmd.arg("--config")
+            .arg(self.dir.join("config.toml"))
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--state")
+            .arg(&self.state)
+            .arg("--address")
+            .arg(&self.sock)
+            .arg("--log-level")
+            .arg("debug")
+            .env("PATH", &path)
+            .envs(robust::extra_env())
+            .env_remove("CONTAINERD_ADDRESS")
+            .env_remove("CONTAINERD_NAMESPACE")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .current_dir(&self.dir);
+        // Its own process group: a Ctrl-C on `cargo test` does not hit it first.
+        cmd.process_group(0);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.line.containerd().display()));
+        self.pid = child.id() as i32;
+        *self.child.lock().unwrap() = Some(child);
+    }
+
+    /// Waits until the daemon answers `ctr version`; panics, with its log, if
+    /// it exits or stays silent for `limit` (`during` names the occasion).
+    fn wait_answering(&self, during: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
         loop {
-            if let Some(st) = cd
+            if let Some(st) = self
                 .child
                 .lock()
                 .unwrap()
                 .as_mut()
-                .unwrap()
-                .try_wait()
-                .unwrap()
+                .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!(
-                    "{} exited ({st}) during start; log:\n{}",
-                    line.name(),
-                    cd.log_tail(60)
-                );
+                panic!("{} exited ({st}) during {during}; log:\n{}", self.line.name(), self.log_tail(60));
             }
-            if cd.sock.exists() {
-                let o = cd.ctr_raw(None, &["version"], None, Duration::from_secs(5));
-                if o.ok() {
-                    break;
-                }
+            if self.sock.exists() && self.ctr_raw(None, &["version"], None, Duration::from_secs(5)).ok() {
+                return;
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "{} did not answer within 20s; log:\n{}",
-                    line.name(),
-                    cd.log_tail(60)
+                    "{} did not answer within {}s of its {during}; log:\n{}",
+                    self.line.name(),
+                    limit.as_secs(),
+                    self.log_tail(60)
                 );
             }
             thread::sleep(Duration::from_millis(10));
         }
-        cd.ctr_ok(&["namespaces", "create", &cd.ns.clone()]);
-        cd
     }
 
     /// The last `n` lines of containerd's log (shim logs are in it too: `-debug`).
@@ -1479,10 +1482,11 @@ impl Drop for PtyProc {
 }
 
 // ---------------------------------------------------------------------------
-// a minimal ttrpc client, for calls ctr cannot make (ResizePty on a task)
+// protobuf by hand (the tests speak ttrpc, CRI and runtime options without
+// generated code), and a minimal ttrpc client for calls ctr cannot make
 // ---------------------------------------------------------------------------
 
-fn pb_varint(out: &mut Vec<u8>, mut v: u64) {
+pub fn pb_varint(out: &mut Vec<u8>, mut v: u64) {
     loop {
         let b = (v & 0x7f) as u8;
         v >>= 7;
@@ -1494,13 +1498,13 @@ fn pb_varint(out: &mut Vec<u8>, mut v: u64) {
     }
 }
 
-fn pb_bytes(out: &mut Vec<u8>, field: u32, data: &[u8]) {
+pub fn pb_bytes(out: &mut Vec<u8>, field: u32, data: &[u8]) {
     pb_varint(out, ((field as u64) << 3) | 2);
     pb_varint(out, data.len() as u64);
     out.extend_from_slice(data);
 }
 
-fn pb_uint(out: &mut Vec<u8>, field: u32, v: u64) {
+pub fn pb_uint(out: &mut Vec<u8>, field: u32, v: u64) {
     pb_varint(out, (field as u64) << 3);
     pb_varint(out, v);
 }
@@ -1523,7 +1527,7 @@ fn pb_read_varint(b: &[u8], i: &mut usize) -> Option<u64> {
 }
 
 /// (field number, wire type, varint value or bytes)
-fn pb_fields(b: &[u8]) -> Vec<(u32, u8, u64, Vec<u8>)> {
+pub fn pb_fields(b: &[u8]) -> Vec<(u32, u8, u64, Vec<u8>)> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
@@ -1555,6 +1559,30 @@ fn pb_fields(b: &[u8]) -> Vec<(u32, u8, u64, Vec<u8>)> {
         }
     }
     out
+}
+
+/// The first varint field `field` of `b` (0 when absent).
+pub fn pb_field_uint(b: &[u8], field: u32) -> u64 {
+    pb_fields(b)
+        .into_iter()
+        .find(|f| f.0 == field && f.1 == 0)
+        .map(|f| f.2)
+        .unwrap_or(0)
+}
+
+/// The first length-delimited field `field` of `b`.
+pub fn pb_field_bytes(b: &[u8], field: u32) -> Option<Vec<u8>> {
+    pb_fields(b)
+        .into_iter()
+        .find(|f| f.0 == field && f.1 == 2)
+        .map(|f| f.3)
+}
+
+/// The first string field `field` of `b` ("" when absent).
+pub fn pb_field_str(b: &[u8], field: u32) -> String {
+    pb_field_bytes(b, field)
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+        .unwrap_or_default()
 }
 
 /// A ttrpc Response body: its status (field 1) and payload (field 2).
@@ -1597,38 +1625,10 @@ pub fn ttrpc_call(
     payload: &[u8],
     timeout: Duration,
 ) -> Result<Vec<u8>, RpcStatus> {
-    use std::os::unix::net::UnixStream;
-    let mut s = UnixStream::connect(sock)
-        .unwrap_or_else(|e| panic!("connect to shim socket {}: {e}", sock.display()));
-    s.set_read_timeout(Some(timeout)).unwrap();
-    s.set_write_timeout(Some(timeout)).unwrap();
-    let mut req = Vec::new();
-    pb_bytes(&mut req, 1, service.as_bytes());
-    pb_bytes(&mut req, 2, method.as_bytes());
-    pb_bytes(&mut req, 3, payload);
-    pb_uint(&mut req, 4, timeout.as_nanos() as u64);
-    let mut kv = Vec::new();
-    pb_bytes(&mut kv, 1, b"containerd-namespace-ttrpc");
-    pb_bytes(&mut kv, 2, ns.as_bytes());
-    pb_bytes(&mut req, 5, &kv);
-    let mut msg = Vec::new();
-    msg.extend_from_slice(&(req.len() as u32).to_be_bytes());
-    msg.extend_from_slice(&1u32.to_be_bytes()); // stream id
-    msg.push(1); // request
-    msg.push(0); // flags
-    msg.extend_from_slice(&req);
-    s.write_all(&msg).expect("write ttrpc request");
-    let mut hdr = [0u8; 10];
-    s.read_exact(&mut hdr)
-        .unwrap_or_else(|e| panic!("no ttrpc answer from {} for {method}: {e}", sock.display()));
-    let len = u32::from_be_bytes(hdr[0..4].try_into().unwrap()) as usize;
-    assert_eq!(hdr[8], 2, "ttrpc: expected a response message");
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).expect("read ttrpc response");
-    let (status, resp) = decode_ttrpc_response(&body);
-    match status {
-        Some(st) if st.code != 0 => Err(st),
-        _ => Ok(resp),
+    match robust::rpc(sock, ns, service, method, payload, timeout) {
+        robust::Rpc::Ok(resp) => Ok(resp),
+        robust::Rpc::Err(st) => Err(st),
+        robust::Rpc::Transport(e) => panic!("ttrpc {method} to {}: {e}", sock.display()),
     }
 }
 

@@ -68,61 +68,8 @@ pub fn restart(cd: &mut Containerd) {
         .open(&cd.log)
         .expect("open containerd log");
     let _ = writeln!(&logf, "===== keel test: containerd restarted =====");
-    let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", cd.bin_dir.display());
-    let mut cmd = Command::new(cd.line.containerd());
-    cmd.arg("--config")
-        .arg(cd.dir.join("config.toml"))
-        .arg("--root")
-        .arg(&cd.root)
-        .arg("--state")
-        .arg(&cd.state)
-        .arg("--address")
-        .arg(&cd.sock)
-        .arg("--log-level")
-        .arg("debug")
-        .env("PATH", &path)
-        .env_remove("CONTAINERD_ADDRESS")
-        .env_remove("CONTAINERD_NAMESPACE")
-        .stdin(Stdio::null())
-        .stdout(logf.try_clone().unwrap())
-        .stderr(logf)
-        .current_dir(&cd.dir);
-    cmd.process_group(0);
-    let child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot restart {}: {e}", cd.line.containerd().display()));
-    cd.pid = child.id() as i32;
-    *cd.child.lock().unwrap() = Some(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(st) = cd
-            .child
-            .lock()
-            .unwrap()
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-        {
-            panic!(
-                "{} exited ({st}) during restart; log:\n{}",
-                cd.line.name(),
-                cd.log_tail(60)
-            );
-        }
-        if cd
-            .ctr_raw(None, &["version"], None, Duration::from_secs(5))
-            .ok()
-        {
-            return;
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "{} did not answer within 30s of its restart; log:\n{}",
-                cd.line.name(),
-                cd.log_tail(60)
-            );
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+    cd.spawn_daemon(logf);
+    cd.wait_answering("restart", Duration::from_secs(30));
 }
 
 /// A private containerd whose config.toml is `config(&cd)` instead of the
@@ -397,30 +344,6 @@ pub fn api_task_wait(
         Ok(resp.into_inner().exit_status)
     })
     .unwrap_or_else(|| Err(format!("{what} did not return within {timeout:?}")))
-}
-
-// ---------------------------------------------------------------------------
-// protobuf reading (for `-info`'s RuntimeInfo)
-// ---------------------------------------------------------------------------
-
-/// (field number, wire type, varint value, bytes) of a protobuf message.
-pub fn pb_parse(b: &[u8]) -> Vec<(u32, u8, u64, Vec<u8>)> {
-    pb_fields(b)
-}
-
-/// The first length-delimited field `field` of `b`.
-pub fn pb_field_bytes(b: &[u8], field: u32) -> Option<Vec<u8>> {
-    pb_fields(b)
-        .into_iter()
-        .find(|f| f.0 == field && f.1 == 2)
-        .map(|f| f.3)
-}
-
-/// The first string field `field` of `b` ("" when absent).
-pub fn pb_field_str(b: &[u8], field: u32) -> String {
-    pb_field_bytes(b, field)
-        .map(|v| String::from_utf8_lossy(&v).into_owned())
-        .unwrap_or_default()
 }
 
 /// Encodes `runtimeoptions.v1.Options` (type_url 1, config_path 2, config_body 3)

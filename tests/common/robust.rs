@@ -244,6 +244,14 @@ impl Pb {
         pb_uint(&mut self.0, field, v);
         self
     }
+    /// int32/int64/enum (negative numbers as 10-byte two's complement).
+    pub fn int(self, field: u32, v: i64) -> Pb {
+        self.uint(field, v as u64)
+    }
+    /// One entry of a `map<string, string>` field.
+    pub fn map(self, field: u32, k: &str, v: &str) -> Pb {
+        self.msg(field, Pb::new().str(1, k).str(2, v))
+    }
     pub fn boolean(self, field: u32, v: bool) -> Pb {
         self.uint(field, v as u64)
     }
@@ -258,27 +266,6 @@ impl Pb {
         self.0.extend_from_slice(b);
         self
     }
-}
-
-/// Decoded protobuf fields: (field, wire type, varint, bytes).
-pub fn pb_decode(b: &[u8]) -> Vec<(u32, u8, u64, Vec<u8>)> {
-    pb_fields(b)
-}
-
-pub fn pb_get_uint(b: &[u8], field: u32) -> u64 {
-    pb_fields(b)
-        .into_iter()
-        .find(|f| f.0 == field && f.1 == 0)
-        .map(|f| f.2)
-        .unwrap_or(0)
-}
-
-pub fn pb_get_str(b: &[u8], field: u32) -> String {
-    pb_fields(b)
-        .into_iter()
-        .find(|f| f.0 == field && f.1 == 2)
-        .map(|f| String::from_utf8_lossy(&f.3).into_owned())
-        .unwrap_or_default()
 }
 
 /// How a raw call ended.
@@ -453,13 +440,13 @@ impl Shim {
         let r = self.call("State", &Pb::new().str(1, id).str(2, exec_id));
         match r {
             Rpc::Ok(b) => Ok(TaskState {
-                id: pb_get_str(&b, 1),
-                bundle: pb_get_str(&b, 2),
-                pid: pb_get_uint(&b, 3) as u32,
-                status: pb_get_uint(&b, 4),
-                terminal: pb_get_uint(&b, 8) != 0,
-                exit_status: pb_get_uint(&b, 9) as u32,
-                exec_id: pb_get_str(&b, 11),
+                id: pb_field_str(&b, 1),
+                bundle: pb_field_str(&b, 2),
+                pid: pb_field_uint(&b, 3) as u32,
+                status: pb_field_uint(&b, 4),
+                terminal: pb_field_uint(&b, 8) != 0,
+                exit_status: pb_field_uint(&b, 9) as u32,
+                exec_id: pb_field_str(&b, 11),
             }),
             other => Err(other),
         }
@@ -481,7 +468,7 @@ impl Shim {
             return Err(add);
         }
         match self.call("Start", &Pb::new().str(1, id).str(2, exec_id)) {
-            Rpc::Ok(b) => Ok(pb_get_uint(&b, 1) as u32),
+            Rpc::Ok(b) => Ok(pb_field_uint(&b, 1) as u32),
             other => Err(other),
         }
     }
@@ -489,7 +476,7 @@ impl Shim {
     /// `Wait` for an exec (or the init with `""`); returns the exit status.
     pub fn wait(&self, id: &str, exec_id: &str, timeout: Duration) -> Result<u32, Rpc> {
         match self.call_timeout("Wait", &Pb::new().str(1, id).str(2, exec_id), timeout) {
-            Rpc::Ok(b) => Ok(pb_get_uint(&b, 1) as u32),
+            Rpc::Ok(b) => Ok(pb_field_uint(&b, 1) as u32),
             other => Err(other),
         }
     }
