@@ -11,4 +11,5 @@ bash scripts/make-rootfs.sh >/dev/null
 # CRIU for the real checkpoint/restore tests; without it they skip, loudly.
 bash scripts/install-criu.sh >/dev/null || echo "test.sh: CRIU unavailable: checkpoint/restore tests will skip" >&2
 # Two at a time: the machine has two cores, and every test drives real containers.
-cargo test --release -- --test-threads "${KEEL_TEST_THREADS:-2}" "$@"
+# --no-fail-fast: one failing suite must not hide the others' results.
+cargo test --release --no-fail-fast -- --test-threads "${KEEL_TEST_THREADS:-2}" "$@"
