@@ -621,20 +621,8 @@ fn build_images(dir: &Path) -> PathBuf {
 // ---------------------------------------------------------------------------
 
 fn cri_config(cd: &Containerd, keel_toml: &Path) -> String {
-    let cri_ids = [
-        "io.containerd.grpc.v1.cri",
-        "io.containerd.cri.v1.images",
-        "io.containerd.cri.v1.runtime",
-        "io.containerd.podsandbox.controller.v1.podsandbox",
-        "io.containerd.grpc.v1.sandbox-controllers",
-        // 2.x's CRI image service is built on the transfer service
-        "io.containerd.transfer.v1.local",
-        "io.containerd.grpc.v1.transfer",
-        "io.containerd.image-verifier.v1.bindir",
-    ];
-    let disabled: Vec<String> = disabled_plugins()
+    let disabled: Vec<String> = UNUSED_PLUGINS
         .iter()
-        .filter(|p| !cri_ids.contains(p))
         .map(|p| format!("  \"{p}\","))
         .collect();
     let cni = cd.dir.join("cni");

@@ -443,21 +443,25 @@ fn build_rootfs(tmp: &Path) {
 // private containerd
 // ---------------------------------------------------------------------------
 
-/// Plugins not needed to run containers from a plain rootfs with ctr. Names of
-/// both lines are listed; each line ignores the ids it does not know.
-/// containerd 1.6 needs `io.containerd.runtime.v1.linux` kept, else its tasks
-/// service fails to load.
-const DISABLED_PLUGINS: &[&str] = &[
-    // CRI (1.6 and 2.x ids)
+/// CRI (1.6 and 2.x ids) and image transfer (it needs image verifiers; 2.x's
+/// CRI image service is built on it): disabled for plain-ctr tests, kept by
+/// the CRI tests' containerd.
+const CRI_PLUGINS: &[&str] = &[
     "io.containerd.grpc.v1.cri",
     "io.containerd.cri.v1.images",
     "io.containerd.cri.v1.runtime",
     "io.containerd.podsandbox.controller.v1.podsandbox",
     "io.containerd.grpc.v1.sandbox-controllers",
-    // image transfer (needs image verifiers), not used with --rootfs
     "io.containerd.transfer.v1.local",
     "io.containerd.grpc.v1.transfer",
     "io.containerd.image-verifier.v1.bindir",
+];
+
+/// Plugins no test needs; with CRI_PLUGINS, the plain-ctr tests' disabled
+/// list. Names of both lines are listed; each line ignores the ids it does
+/// not know. containerd 1.6 needs `io.containerd.runtime.v1.linux` kept,
+/// else its tasks service fails to load.
+pub const UNUSED_PLUGINS: &[&str] = &[
     // snapshotters other than native and overlayfs
     "io.containerd.snapshotter.v1.aufs",
     "io.containerd.snapshotter.v1.btrfs",
@@ -476,8 +480,9 @@ const DISABLED_PLUGINS: &[&str] = &[
 ];
 
 fn config_toml() -> String {
-    let list: Vec<String> = DISABLED_PLUGINS
+    let list: Vec<String> = CRI_PLUGINS
         .iter()
+        .chain(UNUSED_PLUGINS)
         .map(|p| format!("  \"{p}\","))
         .collect();
     // `version = 2` is accepted by 1.6 as is and migrated in memory by 2.x
@@ -660,16 +665,7 @@ impl Containerd {
         stdin: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Output {
-        let mut cmd = Command::new(self.line.ctr());
-        cmd.arg("--address").arg(&self.sock);
-        if let Some(ns) = ns {
-            cmd.arg("--namespace").arg(ns);
-        }
-        cmd.args(args)
-            .env_remove("CONTAINERD_ADDRESS")
-            .env_remove("CONTAINERD_NAMESPACE")
-            .env_remove("CONTAINERD_SNAPSHOTTER");
-        run_cmd(cmd, stdin, timeout)
+        run_cmd(self.ctr_in(ns, args), stdin, timeout)
     }
 
     /// `ctr -n <test namespace> args...` with the default deadline.
@@ -749,6 +745,21 @@ impl Containerd {
 
     /// ctr in the background (e.g. `ctr events`), stdout piped, stderr to a file.
     pub fn ctr_spawn(&self, ns: Option<&str>, args: &[&str]) -> Child {
+        let mut cmd = self.ctr_in(ns, args);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        cmd.spawn().expect("spawn ctr")
+    }
+
+    /// A ctr command to run under a pty (see [`PtyProc`]).
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
+        self.ctr_in(Some(&self.ns), args)
+    }
+
+    /// ctr against this containerd in namespace `ns` (`None`: no `-n`), deaf
+    /// to the caller's CONTAINERD_* environment.
+    fn ctr_in(&self, ns: Option<&str>, args: &[&str]) -> Command {
         let mut cmd = Command::new(self.line.ctr());
         cmd.arg("--address").arg(&self.sock);
         if let Some(ns) = ns {
@@ -757,22 +768,7 @@ impl Containerd {
         cmd.args(args)
             .env_remove("CONTAINERD_ADDRESS")
             .env_remove("CONTAINERD_NAMESPACE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        cmd.spawn().expect("spawn ctr")
-    }
-
-    /// A ctr command to run under a pty (see [`PtyProc`]).
-    pub fn ctr_command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(self.line.ctr());
-        cmd.arg("--address")
-            .arg(&self.sock)
-            .arg("--namespace")
-            .arg(&self.ns)
-            .args(args)
-            .env_remove("CONTAINERD_ADDRESS")
-            .env_remove("CONTAINERD_NAMESPACE");
+            .env_remove("CONTAINERD_SNAPSHOTTER");
         cmd
     }
 

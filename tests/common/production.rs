@@ -84,11 +84,6 @@ pub fn start_with_config(line: Line, config: impl FnOnce(&Containerd) -> String)
     cd
 }
 
-/// The harness's list of plugins a plain-ctr test does not need.
-pub fn disabled_plugins() -> &'static [&'static str] {
-    DISABLED_PLUGINS
-}
-
 /// Current length of containerd's log (an offset for [`log_since`]).
 pub fn log_len(cd: &Containerd) -> usize {
     fs::read(&cd.log).map(|b| b.len()).unwrap_or(0)
