@@ -246,32 +246,27 @@ impl Hpack {
                 let idx = Hpack::int(b, &mut i, 7)?;
                 out.push(self.entry(idx)?);
             } else if c & 0xc0 == 0x40 {
-                let idx = Hpack::int(b, &mut i, 6)?;
-                let name = if idx == 0 {
-                    self.string(b, &mut i)?
-                } else {
-                    self.entry(idx)?.0
-                };
-                let value = self.string(b, &mut i)?;
-                self.dynamic.insert(0, (name.clone(), value.clone()));
+                let field = self.literal(b, &mut i, 6)?;
+                self.dynamic.insert(0, field.clone());
                 self.evict();
-                out.push((name, value));
+                out.push(field);
             } else if c & 0xe0 == 0x20 {
                 self.max = Hpack::int(b, &mut i, 5)?;
                 self.evict();
             } else {
                 // without indexing (0000) or never indexed (0001)
-                let idx = Hpack::int(b, &mut i, 4)?;
-                let name = if idx == 0 {
-                    self.string(b, &mut i)?
-                } else {
-                    self.entry(idx)?.0
-                };
-                let value = self.string(b, &mut i)?;
-                out.push((name, value));
+                out.push(self.literal(b, &mut i, 4)?);
             }
         }
         Ok(out)
+    }
+
+    /// A literal field: its name by index (`prefix` bits, 0 = a literal
+    /// name follows), then its value.
+    fn literal(&self, b: &[u8], i: &mut usize, prefix: u8) -> Result<(String, String), String> {
+        let idx = Hpack::int(b, i, prefix)?;
+        let name = if idx == 0 { self.string(b, i)? } else { self.entry(idx)?.0 };
+        Ok((name, self.string(b, i)?))
     }
 }
 
