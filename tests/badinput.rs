@@ -52,6 +52,13 @@ struct Table<'a> {
 }
 
 impl Table<'_> {
+    /// One row: `method` with `req` must fail with `code` and a message
+    /// naming every one of `needles`.
+    fn rpc(&mut self, case: &str, method: &str, req: Pb, code: u64, needles: &[&str]) {
+        let got = self.shim.call(method, &req);
+        self.check(case, got, want(code, needles));
+    }
+
     /// Records `got` against `w`, then checks the shim still serves the victim.
     fn check(&mut self, case: &str, got: Rpc, w: Want) {
         let mut why = Vec::new();
@@ -185,37 +192,13 @@ fn bad_input(line: Line) {
     let call = |m: &str, b: Pb| shim.call(m, &b);
 
     // --- ids ---
-    t.check(
-        "Create: empty id",
-        call("Create", create_req("", &good)),
-        want(3, &["empty"]),
-    );
+    t.rpc("Create: empty id", "Create", create_req("", &good), 3, &["empty"]);
     let long = "x".repeat(77);
-    t.check(
-        "Create: 77-char id",
-        call("Create", create_req(&long, &good)),
-        want(3, &[&long, "76"]),
-    );
-    t.check(
-        "Create: id with '/'",
-        call("Create", create_req("a/b", &good)),
-        want(3, &["a/b"]),
-    );
-    t.check(
-        "Create: id with spaces",
-        call("Create", create_req("a b", &good)),
-        want(3, &["a b"]),
-    );
-    t.check(
-        "Create: id with '..'",
-        call("Create", create_req("..", &good)),
-        want(3, &[".."]),
-    );
-    t.check(
-        "Create: duplicate id",
-        call("Create", create_req(&victim, &good)),
-        want(6, &[&victim]),
-    );
+    t.rpc("Create: 77-char id", "Create", create_req(&long, &good), 3, &[&long, "76"]);
+    t.rpc("Create: id with '/'", "Create", create_req("a/b", &good), 3, &["a/b"]);
+    t.rpc("Create: id with spaces", "Create", create_req("a b", &good), 3, &["a b"]);
+    t.rpc("Create: id with '..'", "Create", create_req("..", &good), 3, &[".."]);
+    t.rpc("Create: duplicate id", "Create", create_req(&victim, &good), 6, &[&victim]);
 
     // --- unknown task id, every method ---
     let nope = "no-such-task";
@@ -243,112 +226,40 @@ fn bad_input(line: Line) {
         ("Connect", id_only()),
         ("Checkpoint", id_only().str(2, "/tmp/keel-no-checkpoint")),
     ] {
-        t.check(
-            &format!("{m}: unknown task id"),
-            call(m, body),
-            want(5, &[nope]),
-        );
+        t.rpc(&format!("{m}: unknown task id"), m, body, 5, &[nope]);
     }
-    t.check(
-        "State: empty task id",
-        call("State", Pb::new()),
-        want(3, &["empty"]),
-    );
+    t.rpc("State: empty task id", "State", Pb::new(), 3, &["empty"]);
 
     // --- execs ---
-    t.check(
-        "State: unknown exec id",
-        call("State", Pb::new().str(1, &victim).str(2, "nope")),
-        want(5, &["nope", &victim]),
-    );
-    t.check(
-        "Start: unknown exec id",
-        call("Start", Pb::new().str(1, &victim).str(2, "nope")),
-        want(5, &["nope"]),
-    );
-    t.check(
-        "Kill: unknown exec id",
-        call("Kill", Pb::new().str(1, &victim).str(2, "nope").uint(3, 9)),
-        want(5, &["nope"]),
-    );
-    t.check(
-        "Delete: unknown exec id",
-        call("Delete", Pb::new().str(1, &victim).str(2, "nope")),
-        want(5, &["nope"]),
-    );
-    t.check(
-        "CloseIO: unknown exec id",
-        call(
-            "CloseIO",
-            Pb::new().str(1, &victim).str(2, "nope").boolean(3, true),
-        ),
-        want(5, &["nope"]),
-    );
+    t.rpc("State: unknown exec id", "State", Pb::new().str(1, &victim).str(2, "nope"), 5, &["nope", &victim]);
+    t.rpc("Start: unknown exec id", "Start", Pb::new().str(1, &victim).str(2, "nope"), 5, &["nope"]);
+    t.rpc("Kill: unknown exec id", "Kill", Pb::new().str(1, &victim).str(2, "nope").uint(3, 9), 5, &["nope"]);
+    t.rpc("Delete: unknown exec id", "Delete", Pb::new().str(1, &victim).str(2, "nope"), 5, &["nope"]);
+    t.rpc("CloseIO: unknown exec id", "CloseIO",
+        Pb::new().str(1, &victim).str(2, "nope").boolean(3, true), 5, &["nope"]);
     let added = call("Exec", exec_req(&victim, "dupx", &spec));
     assert!(matches!(added, Rpc::Ok(_)), "{tag} exec dupx: {added:?}");
-    t.check(
-        "Exec: duplicate exec id",
-        call("Exec", exec_req(&victim, "dupx", &spec)),
-        want(6, &["dupx"]),
-    );
+    t.rpc("Exec: duplicate exec id", "Exec", exec_req(&victim, "dupx", &spec), 6, &["dupx"]);
     assert!(matches!(shim.delete(&victim, "dupx"), Rpc::Ok(_)));
-    t.check(
-        "Exec: invalid exec id",
-        call("Exec", exec_req(&victim, "bad id!", &spec)),
-        want(3, &["bad id!"]),
-    );
-    t.check(
-        "Exec: empty exec id",
-        call("Exec", exec_req(&victim, "", &spec)),
-        want(3, &["exec id"]),
-    );
-    t.check(
-        "Exec: no spec",
-        call("Exec", Pb::new().str(1, &victim).str(2, "e-nospec")),
-        want(3, &["e-nospec", "spec"]),
-    );
-    t.check(
-        "Exec: empty spec",
-        call("Exec", exec_req(&victim, "e-empty", b"")),
-        want(3, &["e-empty", "spec"]),
-    );
-    t.check(
-        "Exec: malformed JSON spec",
-        call(
-            "Exec",
-            exec_req(&victim, "e-badjson", b"{\"args\": [\"sh\","),
-        ),
-        want(3, &["e-badjson", "spec"]),
-    );
-    t.check(
-        "Exec: spec of the wrong JSON type",
-        call("Exec", exec_req(&victim, "e-array", b"[1,2,3]")),
-        want(3, &["e-array", "spec"]),
-    );
-    t.check(
-        "Exec: bad stdout URI",
-        call("Exec", exec_req(&victim, "e-uri", &spec).str(5, "ftp:///x")),
-        want(3, &["ftp:///x"]),
-    );
-    t.check(
-        "Exec: into a stopped task",
-        call("Exec", exec_req(&stopped, "late", &spec)),
-        want(9, &[&stopped, "stopped"]),
-    );
+    t.rpc("Exec: invalid exec id", "Exec", exec_req(&victim, "bad id!", &spec), 3, &["bad id!"]);
+    t.rpc("Exec: empty exec id", "Exec", exec_req(&victim, "", &spec), 3, &["exec id"]);
+    t.rpc("Exec: no spec", "Exec", Pb::new().str(1, &victim).str(2, "e-nospec"), 3, &["e-nospec", "spec"]);
+    t.rpc("Exec: empty spec", "Exec", exec_req(&victim, "e-empty", b""), 3, &["e-empty", "spec"]);
+    t.rpc("Exec: malformed JSON spec", "Exec",
+        exec_req(&victim, "e-badjson", b"{\"args\": [\"sh\","), 3, &["e-badjson", "spec"]);
+    t.rpc("Exec: spec of the wrong JSON type", "Exec",
+        exec_req(&victim, "e-array", b"[1,2,3]"), 3, &["e-array", "spec"]);
+    t.rpc("Exec: bad stdout URI", "Exec",
+        exec_req(&victim, "e-uri", &spec).str(5, "ftp:///x"), 3, &["ftp:///x"]);
+    t.rpc("Exec: into a stopped task", "Exec", exec_req(&stopped, "late", &spec), 9, &[&stopped, "stopped"]);
 
     // --- bundles and rootfs ---
-    t.check(
-        "Create: relative bundle path",
-        call("Create", create_req("bi-rel", Path::new("rel/bundle"))),
-        want(3, &["rel/bundle"]),
-    );
+    t.rpc("Create: relative bundle path", "Create",
+        create_req("bi-rel", Path::new("rel/bundle")), 3, &["rel/bundle"]);
     let empty = r.cd.dir.join("bundles/bi-empty");
     std::fs::create_dir_all(&empty).unwrap();
-    t.check(
-        "Create: bundle without config.json",
-        call("Create", create_req("bi-empty", &empty)),
-        want(5, &["config.json"]),
-    );
+    t.rpc("Create: bundle without config.json", "Create",
+        create_req("bi-empty", &empty), 5, &["config.json"]);
     let bad = r.cd.dir.join("bundles/bi-badcfg");
     std::fs::create_dir_all(&bad).unwrap();
     std::fs::write(
@@ -356,11 +267,7 @@ fn bad_input(line: Line) {
         "{\"ociVersion\": \"1.0.2\", \"process\": ",
     )
     .unwrap();
-    t.check(
-        "Create: malformed config.json",
-        call("Create", create_req("bi-badcfg", &bad)),
-        want(3, &["config.json"]),
-    );
+    t.rpc("Create: malformed config.json", "Create", create_req("bi-badcfg", &bad), 3, &["config.json"]);
     let noroot = make_bundle(&r, &victim, "bi-noroot", &["true"]);
     {
         let p = noroot.join("config.json");
@@ -368,21 +275,15 @@ fn bad_input(line: Line) {
         v["root"]["path"] = serde_json::json!("/nonexistent/keel-rootfs");
         std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
     }
-    t.check(
-        "Create: spec root path missing",
-        call("Create", create_req("bi-noroot", &noroot)),
-        want(5, &["/nonexistent/keel-rootfs"]),
-    );
+    t.rpc("Create: spec root path missing", "Create",
+        create_req("bi-noroot", &noroot), 5, &["/nonexistent/keel-rootfs"]);
     let mnt = make_bundle(&r, &victim, "bi-mnt", &["true"]);
     let mount = Pb::new()
         .str(1, "bind")
         .str(2, "/nonexistent/keel-layer")
         .str(4, "rbind");
-    t.check(
-        "Create: rootfs mount source missing",
-        call("Create", create_req("bi-mnt", &mnt).msg(3, mount)),
-        want(5, &["/nonexistent/keel-layer"]),
-    );
+    t.rpc("Create: rootfs mount source missing", "Create",
+        create_req("bi-mnt", &mnt).msg(3, mount), 5, &["/nonexistent/keel-layer"]);
     let mntcheck = crate::common::mounts_below(&mnt);
     assert!(
         mntcheck.is_empty(),
@@ -390,196 +291,62 @@ fn bad_input(line: Line) {
     );
 
     // --- stdio ---
-    t.check(
-        "Create: stdout URI ftp:///x",
-        call("Create", create_req("bi-ftp", &good).str(6, "ftp:///x")),
-        want(3, &["ftp:///x"]),
-    );
-    t.check(
-        "Create: relative file:// path",
-        call(
-            "Create",
-            create_req("bi-relfile", &good).str(6, "file://rel/x.log"),
-        ),
-        want(3, &["file://rel/x.log"]),
-    );
-    t.check(
-        "Create: relative stdin path",
-        call("Create", create_req("bi-stdin", &good).str(5, "stdin-fifo")),
-        want(3, &["stdin-fifo"]),
-    );
-    t.check(
-        "Create: terminal with file:// stdout",
-        call(
-            "Create",
-            create_req("bi-ttyfile", &good)
-                .boolean(4, true)
-                .str(6, "file:///tmp/x.log"),
-        ),
-        want(3, &["file:///tmp/x.log", "terminal"]),
-    );
-    t.check(
-        "Create: binary:// as stderr only",
-        call(
-            "Create",
-            create_req("bi-binerr", &good).str(7, "binary:///bin/true"),
-        ),
-        want(3, &["binary:///bin/true"]),
-    );
+    t.rpc("Create: stdout URI ftp:///x", "Create",
+        create_req("bi-ftp", &good).str(6, "ftp:///x"), 3, &["ftp:///x"]);
+    t.rpc("Create: relative file:// path", "Create",
+        create_req("bi-relfile", &good).str(6, "file://rel/x.log"), 3, &["file://rel/x.log"]);
+    t.rpc("Create: relative stdin path", "Create",
+        create_req("bi-stdin", &good).str(5, "stdin-fifo"), 3, &["stdin-fifo"]);
+    t.rpc("Create: terminal with file:// stdout", "Create",
+        create_req("bi-ttyfile", &good).boolean(4, true).str(6, "file:///tmp/x.log"), 3, &["file:///tmp/x.log", "terminal"]);
+    t.rpc("Create: binary:// as stderr only", "Create",
+        create_req("bi-binerr", &good).str(7, "binary:///bin/true"), 3, &["binary:///bin/true"]);
 
     // --- runtime options ---
-    t.check(
-        "Create: unknown options type_url",
-        call(
-            "Create",
-            create_req("bi-opt1", &good).msg(10, Pb::any("example.com/Unknown", b"\x08\x01")),
-        ),
-        want(3, &["example.com/Unknown"]),
-    );
-    t.check(
-        "Create: malformed runc Options bytes",
-        call(
-            "Create",
-            create_req("bi-opt2", &good).msg(
-                10,
-                Pb::any("containerd.runc.v1.Options", &[0xff, 0xff, 0xff]),
-            ),
-        ),
-        want(3, &["containerd.runc.v1.Options"]),
-    );
-    t.check(
-        "Create: TOML option with an unknown key",
-        call(
-            "Create",
-            create_req("bi-opt3", &good).msg(10, cri_options("", "BinaryNme = \"runc\"\n")),
-        ),
-        want(3, &["BinaryNme"]),
-    );
-    t.check(
-        "Create: TOML option of the wrong type",
-        call(
-            "Create",
-            create_req("bi-opt4", &good).msg(10, cri_options("", "SystemdCgroup = \"yes\"\n")),
-        ),
-        want(3, &["SystemdCgroup"]),
-    );
-    t.check(
-        "Create: options ConfigPath missing",
-        call(
-            "Create",
-            create_req("bi-opt5", &good).msg(10, cri_options("/nonexistent/keel.toml", "")),
-        ),
-        want(3, &["/nonexistent/keel.toml"]),
-    );
-    t.check(
-        "Create: BinaryName that does not exist",
-        call(
-            "Create",
-            create_req("bi-opt6", &good)
-                .msg(10, cri_options("", "BinaryName = \"/nonexistent/runc\"\n")),
-        ),
-        want(9, &["/nonexistent/runc"]),
-    );
+    t.rpc("Create: unknown options type_url", "Create",
+        create_req("bi-opt1", &good).msg(10, Pb::any("example.com/Unknown", b"\x08\x01")), 3, &["example.com/Unknown"]);
+    t.rpc("Create: malformed runc Options bytes", "Create",
+        create_req("bi-opt2", &good).msg(10, Pb::any("containerd.runc.v1.Options", &[0xff, 0xff, 0xff])), 3, &["containerd.runc.v1.Options"]);
+    t.rpc("Create: TOML option with an unknown key", "Create",
+        create_req("bi-opt3", &good).msg(10, cri_options("", "BinaryNme = \"runc\"\n")), 3, &["BinaryNme"]);
+    t.rpc("Create: TOML option of the wrong type", "Create",
+        create_req("bi-opt4", &good).msg(10, cri_options("", "SystemdCgroup = \"yes\"\n")), 3, &["SystemdCgroup"]);
+    t.rpc("Create: options ConfigPath missing", "Create",
+        create_req("bi-opt5", &good).msg(10, cri_options("/nonexistent/keel.toml", "")), 3, &["/nonexistent/keel.toml"]);
+    t.rpc("Create: BinaryName that does not exist", "Create",
+        create_req("bi-opt6", &good).msg(10, cri_options("", "BinaryName = \"/nonexistent/runc\"\n")), 9, &["/nonexistent/runc"]);
 
     // --- signals, resize, update ---
-    t.check(
-        "Kill: signal 0",
-        call("Kill", Pb::new().str(1, &victim).uint(3, 0)),
-        want(3, &["signal 0"]),
-    );
-    t.check(
-        "Kill: signal 65",
-        call("Kill", Pb::new().str(1, &victim).uint(3, 65)),
-        want(3, &["signal 65"]),
-    );
-    t.check(
-        "Kill: signal 2^32-1",
-        call("Kill", Pb::new().str(1, &victim).uint(3, u32::MAX as u64)),
-        want(3, &["4294967295"]),
-    );
-    t.check(
-        "ResizePty: process without a terminal",
-        call(
-            "ResizePty",
-            Pb::new().str(1, &victim).uint(3, 80).uint(4, 24),
-        ),
-        want(9, &[&victim, "terminal"]),
-    );
-    t.check(
-        "Update: negative memory limit",
-        call(
-            "Update",
-            Pb::new()
-                .str(1, &victim)
-                .msg(2, Pb::any(RESOURCES_URL, br#"{"memory":{"limit":-5}}"#)),
-        ),
-        want(3, &["memory.limit -5"]),
-    );
-    t.check(
-        "Update: no resources",
-        call("Update", Pb::new().str(1, &victim)),
-        want(3, &[&victim, "resources"]),
-    );
-    t.check(
-        "Update: malformed resources JSON",
-        call(
-            "Update",
-            Pb::new()
-                .str(1, &victim)
-                .msg(2, Pb::any(RESOURCES_URL, b"{\"memory\":")),
-        ),
-        want(3, &[&victim, "resources"]),
-    );
+    t.rpc("Kill: signal 0", "Kill", Pb::new().str(1, &victim).uint(3, 0), 3, &["signal 0"]);
+    t.rpc("Kill: signal 65", "Kill", Pb::new().str(1, &victim).uint(3, 65), 3, &["signal 65"]);
+    t.rpc("Kill: signal 2^32-1", "Kill",
+        Pb::new().str(1, &victim).uint(3, u32::MAX as u64), 3, &["4294967295"]);
+    t.rpc("ResizePty: process without a terminal", "ResizePty",
+        Pb::new().str(1, &victim).uint(3, 80).uint(4, 24), 9, &[&victim, "terminal"]);
+    t.rpc("Update: negative memory limit", "Update",
+        Pb::new().str(1, &victim).msg(2, Pb::any(RESOURCES_URL, br#"{"memory":{"limit":-5}}"#)), 3, &["memory.limit -5"]);
+    t.rpc("Update: no resources", "Update", Pb::new().str(1, &victim), 3, &[&victim, "resources"]);
+    t.rpc("Update: malformed resources JSON", "Update",
+        Pb::new().str(1, &victim).msg(2, Pb::any(RESOURCES_URL, b"{\"memory\":")), 3, &[&victim, "resources"]);
 
     // --- state machine ---
     let s = call("Start", Pb::new().str(1, &running));
     assert!(matches!(s, Rpc::Ok(_)), "{tag} start {running}: {s:?}");
-    t.check(
-        "Start: twice",
-        call("Start", Pb::new().str(1, &running)),
-        want(9, &[&running]),
-    );
-    t.check(
-        "Delete: running task",
-        call("Delete", Pb::new().str(1, &running)),
-        want(9, &[&running]),
-    );
-    t.check(
-        "Pause: stopped task",
-        call("Pause", Pb::new().str(1, &stopped)),
-        want(9, &[&stopped, "stopped"]),
-    );
-    t.check(
-        "Resume: running task",
-        call("Resume", Pb::new().str(1, &victim)),
-        want(9, &[&victim]),
-    );
-    t.check(
-        "Kill: stopped task",
-        call("Kill", Pb::new().str(1, &stopped).uint(3, 9)),
-        want(5, &[&stopped]),
-    );
-    t.check(
-        "Start: stopped task",
-        call("Start", Pb::new().str(1, &stopped)),
-        want(9, &[&stopped]),
-    );
+    t.rpc("Start: twice", "Start", Pb::new().str(1, &running), 9, &[&running]);
+    t.rpc("Delete: running task", "Delete", Pb::new().str(1, &running), 9, &[&running]);
+    t.rpc("Pause: stopped task", "Pause", Pb::new().str(1, &stopped), 9, &[&stopped, "stopped"]);
+    t.rpc("Resume: running task", "Resume", Pb::new().str(1, &victim), 9, &[&victim]);
+    t.rpc("Kill: stopped task", "Kill", Pb::new().str(1, &stopped).uint(3, 9), 5, &[&stopped]);
+    t.rpc("Start: stopped task", "Start", Pb::new().str(1, &stopped), 9, &[&stopped]);
 
     // --- the wire itself ---
     // These three are answered by the ttrpc library, before Keel's code: an
     // undecodable body is Unknown ("Unpack request error"), an unknown service
     // InvalidArgument (Go's ttrpc says Unimplemented for both unknown services
     // and methods; ttrpc-rust only for methods). Recorded as they are.
-    t.check(
-        "State: undecodable protobuf body",
-        call("State", Pb::new().raw(&[0x0a, 0xff, 0xff, 0xff, 0x0f])),
-        want(2, &["request"]),
-    );
-    t.check(
-        "Frobnicate: unknown method",
-        call("Frobnicate", Pb::new().str(1, &victim)),
-        want(12, &["Frobnicate"]),
-    );
+    t.rpc("State: undecodable protobuf body", "State",
+        Pb::new().raw(&[0x0a, 0xff, 0xff, 0xff, 0x0f]), 2, &["request"]);
+    t.rpc("Frobnicate: unknown method", "Frobnicate", Pb::new().str(1, &victim), 12, &["Frobnicate"]);
     t.check(
         "State: unknown service",
         rpc(
