@@ -772,21 +772,24 @@ fn uri_escapes(line: Line) {
         let mut r = Rig::new(line);
         r.rt = rt;
         let tag = format!("[{rt} {}]", line.name());
+        // `ctr run --rm --log-uri uri` printing `text`: its exit code, and
+        // whether `text` arrived in `path`.
+        let run_logged = |uri: &str, id: &str, text: &str, path: &Path| {
+            let o = r.run(
+                &["--rm", "--log-uri", uri],
+                &r.cd.id(id),
+                &["sh", "-c", &format!("echo {text}; sleep 0.2")],
+            );
+            let arrived = poll(Duration::from_secs(5), || {
+                std::fs::read_to_string(path).ok().filter(|s| s.contains(text))
+            })
+            .is_some();
+            (o, arrived)
+        };
         // file://
-        let dir = r.cd.dir.join("logs dir");
-        let want = dir.join("my app (1).log");
+        let want = r.cd.dir.join("logs dir").join("my app (1).log");
         let uri = format!("file://{}", want.display());
-        let o = r.run(
-            &["--rm", "--log-uri", &uri],
-            &r.cd.id("esc"),
-            &["sh", "-c", "echo logged; sleep 0.2"],
-        );
-        let file_ok = poll(Duration::from_secs(5), || {
-            std::fs::read_to_string(&want)
-                .ok()
-                .filter(|s| s.contains("logged"))
-        })
-        .is_some();
+        let (o, file_ok) = run_logged(&uri, "esc", "logged", &want);
         let listing = |d: &Path| -> Vec<String> {
             let mut v = Vec::new();
             let mut todo = vec![d.to_path_buf()];
@@ -821,17 +824,7 @@ fn uri_escapes(line: Line) {
             .unwrap();
         let bout = r.cd.dir.join("binary out.log");
         let buri = format!("binary://{}?out={}", logger.display(), bout.display());
-        let o2 = r.run(
-            &["--rm", "--log-uri", &buri],
-            &r.cd.id("escb"),
-            &["sh", "-c", "echo via-binary; sleep 0.2"],
-        );
-        let bin_ok = poll(Duration::from_secs(5), || {
-            std::fs::read_to_string(&bout)
-                .ok()
-                .filter(|s| s.contains("via-binary"))
-        })
-        .is_some();
+        let (o2, bin_ok) = run_logged(&buri, "escb", "via-binary", &bout);
         eprintln!(
             "{tag} --log-uri {buri:?} -> {:?} {}; output at the named path: {bin_ok}",
             o2.code,
