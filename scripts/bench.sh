@@ -5,7 +5,7 @@
 # system's containerd, if any, is never touched). Run as root; needs no stdin.
 #
 #   scripts/bench.sh [--containerd 1.6|2] [--rounds N] [--containers M]
-#                    [--parallel-rounds R] [--idle K] [--exec-growth N]
+#                    [--parallel-rounds R] [--idle K] [--pod N] [--exec-growth N]
 #                    [--json FILE] [--build] [--shim PATH]
 #
 #   --containerd 2     containerd 2.x (from /var/lib/keel-dev/containerd2) instead of 1.6
@@ -13,6 +13,8 @@
 #   --containers M     containers started at once for the parallel-start row (20)
 #   --parallel-rounds R  rounds of the parallel start (3)
 #   --idle K           idle `sleep` containers per shim for the memory rows (10)
+#   --pod N            containers of the grouped pod (io.kubernetes.cri.sandbox-id,
+#                      one shim for all) for the per-container memory rows (5)
 #   --exec-growth N    also N sequential execs into one container per shim:
 #                      shim RSS/PSS after the first and the Nth (off; try 1000)
 #   --json FILE        also write every figure (and the raw samples) as JSON
@@ -22,7 +24,8 @@
 # Rows: `ctr run --rm /bin/true` median/p90; `ctr task exec /bin/true` into a
 # running container median/p90; bare `runc run /bin/true` (the floor, no shim);
 # M containers started at once with `ctr run -d`, wall time until all RUN;
-# per-shim RSS/PSS/USS/threads/fds with K idle containers; binary sizes.
+# per-shim RSS/PSS/USS/threads/fds with K idle containers; shims and shim
+# memory per container for an N-container pod; binary sizes.
 # Exit: 0 all rows measured, 2 some row failed (shown as FAILED), 1 setup
 # error, 130 interrupted. Everything started is cleaned up on any exit.
 set -euo pipefail

@@ -28,6 +28,9 @@ KEEL = "keel"
 RUNC = "runc-v2"
 SHIMS = (KEEL, RUNC)
 RUNTIME = {KEEL: "io.containerd.keel.v1", RUNC: "io.containerd.runc.v2"}
+# Kubernetes' pod grouping key: both shims serve every container carrying the
+# same value from one shim process.
+POD_ANNOTATION = "io.kubernetes.cri.sandbox-id"
 SHIM_BIN = {KEEL: "containerd-shim-keel-v1", RUNC: "containerd-shim-runc-v2"}
 C2_BIN = os.path.join(os.environ.get("KEEL_PREFIX", "/var/lib/keel-dev"), "containerd2/usr/bin")
 DISABLED = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime"]
@@ -160,8 +163,10 @@ class Env:
         self.ctr(args)
         return (now_ns() - t0) / 1e6
 
-    def run_detached(self, shim, cid, argv):
-        self.ctr(["run", "-d", "--fifo-dir", self.fifo, "--runtime", RUNTIME[shim], "--rootfs", ROOTFS, cid] + argv)
+    def run_detached(self, shim, cid, argv, flags=()):
+        # ctr's --rootfs is a boolean: the path after it is the positional "image".
+        self.ctr(["run", "-d", "--fifo-dir", self.fifo, "--runtime", RUNTIME[shim]] + list(flags)
+                 + ["--rootfs", ROOTFS, cid] + argv)
 
     def tasks(self):
         """{id: status} of this namespace's tasks."""
@@ -413,6 +418,41 @@ def bench_idle(env, res, k):
         res.add(f"idle_{f}", f"idle shim {label} (mean of {k})", unit,
                 {s: (values.get(s) or {}).get(f) if s not in errs else None for s in SHIMS},
                 errs)
+
+
+def bench_pod(env, res, n):
+    """A pod of n idle containers in one shim: the CRI sandbox-id annotation,
+    which both shims honour (as they do for a Kubernetes pod); the shim's
+    memory divided by n is what each container of the pod costs."""
+    log(f"pod: {n} sleep containers grouped by {POD_ANNOTATION}, per shim")
+    values, errs = {}, {}
+    for s in SHIMS:
+        pod = f"pod-{s}"
+        try:
+            for i in range(n):
+                env.run_detached(s, f"{pod}-{i}", ["/bin/sleep", "3600"], ["--annotation", f"{POD_ANNOTATION}={pod}"])
+        except Failed as e:
+            errs[s] = str(e)
+    time.sleep(2)  # as for the idle rows
+    for s in SHIMS:
+        if s in errs:
+            continue
+        mine = [pid for cid, pid in env.shims(s).items() if cid.startswith(f"pod-{s}-")]
+        try:
+            samples = [proc_mem(pid) for pid in mine]
+        except OSError as e:
+            errs[s] = f"read /proc: {e}"
+            continue
+        values[s] = {"shims": len(mine)}
+        for f in ("rss_kib", "pss_kib", "uss_kib"):
+            values[s][f] = sum(x[f] for x in samples) / n
+        res.raw.setdefault("pod_shims", {})[s] = samples
+    env.remove([f"pod-{s}-{i}" for s in SHIMS for i in range(n)])
+    res.add("pod_shims", f"{n}-container pod: shims serving it", "",
+            {s: values[s]["shims"] for s in values}, errs)
+    for f, label in (("rss_kib", "RSS"), ("pss_kib", "PSS"), ("uss_kib", "USS")):
+        res.add(f"pod_{f}_per_container", f"{n}-container pod: shim {label} per container", "KiB",
+                {s: values[s][f] for s in values}, errs)
 
 
 def bench_floor(env, res, rounds):
@@ -811,6 +851,7 @@ def main():
     ap.add_argument("--containers", type=int, default=20, help="containers started at once (20)")
     ap.add_argument("--parallel-rounds", type=int, default=3, help="rounds of the parallel start (3)")
     ap.add_argument("--idle", type=int, default=10, help="idle containers per shim for memory (10)")
+    ap.add_argument("--pod", type=int, default=5, help="containers in the grouped pod (5)")
     ap.add_argument("--exec-growth", type=int, default=0, metavar="N", help="N execs into one container (off)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     ap.add_argument("--shim", help="Keel binary (target/x86_64-unknown-linux-gnu/release/containerd-shim-keel-v1)")
@@ -821,7 +862,7 @@ def main():
     if a.cleanup:
         cleanup(a.work, quiet=False)
         return 0
-    for name in ("rounds", "containers", "parallel_rounds", "idle"):
+    for name in ("rounds", "containers", "parallel_rounds", "idle", "pod"):
         if getattr(a, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
     ROOTFS = a.rootfs
@@ -832,7 +873,7 @@ def main():
     res = Results()
     t0 = time.time()
     meta = {"containerd_major": "2.x" if major == 2 else "1.6", "rounds": a.rounds, "containers": a.containers,
-            "parallel_rounds": a.parallel_rounds, "idle": a.idle, "exec_growth": a.exec_growth,
+            "parallel_rounds": a.parallel_rounds, "idle": a.idle, "pod": a.pod, "exec_growth": a.exec_growth,
             "load_start": cmd_out(["uptime"]), "builders_start": busy_builders(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     code = 0
@@ -858,6 +899,7 @@ def main():
                  if floor is not None and lc["values"].get(s) is not None}, lc["errors"])
         bench_parallel(env, res, a.containers, a.parallel_rounds)
         bench_idle(env, res, a.idle)
+        bench_pod(env, res, a.pod)
         bench_sizes(env, res)
         if a.exec_growth > 0:
             bench_exec_growth(env, res, a.exec_growth)
