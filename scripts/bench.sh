@@ -6,7 +6,7 @@
 #
 #   scripts/bench.sh [--containerd 1.6|2] [--rounds N] [--containers M]
 #                    [--parallel-rounds R] [--idle K] [--pod N] [--exec-growth N]
-#                    [--json FILE] [--build] [--shim PATH]
+#                    [--json FILE] [--build] [--shim PATH] [--runc-shim PATH]
 #
 #   --containerd 2     containerd 2.x (from /var/lib/keel-dev/containerd2) instead of 1.6
 #   --rounds N         rounds of the lifecycle, exec and bare-runc rows (20)
@@ -20,6 +20,10 @@
 #   --json FILE        also write every figure (and the raw samples) as JSON
 #   --build            `cargo build --release` first (default: only if the binary is missing)
 #   --shim PATH        the Keel binary (target/x86_64-unknown-linux-gnu/release/containerd-shim-keel-v1)
+#   --runc-shim PATH   the containerd-shim-runc-v2 to compare with (default: the
+#                      containerd line's own; e.g. --containerd 2 --runc-shim
+#                      /usr/bin/containerd-shim-runc-v2 pits Keel against the
+#                      faster 1.6 Go shim on containerd 2.x, as issue 8's baseline does)
 #
 # Rows: `ctr run --rm /bin/true` median/p90; `ctr task exec /bin/true` into a
 # running container median/p90; bare `runc run /bin/true` (the floor, no shim);
@@ -39,6 +43,7 @@ while [ $# -gt 0 ]; do
         --build) build=1 ;;
         --shim) shim=$(realpath "$2"); shift ;;
         --shim=*) shim=$(realpath "${1#--shim=}") ;;
+        --runc-shim) args+=(--runc-shim "$(realpath "$2")"); shift ;;
         --json) args+=(--json "$(realpath -m "$2")"); shift ;;
         --json=*) args+=(--json "$(realpath -m "${1#--json=}")") ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;

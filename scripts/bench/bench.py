@@ -85,7 +85,7 @@ def last_line(text):
 class Env:
     """The private containerd and how to talk to it."""
 
-    def __init__(self, work, major, shim_path):
+    def __init__(self, work, major, shim_path, runc_shim=None):
         self.work = work
         self.major = major
         self.sock = os.path.join(work, "containerd.sock")
@@ -99,6 +99,8 @@ class Env:
         else:
             self.containerd, self.ctr_bin = "/usr/bin/containerd", "/usr/bin/ctr"
             self.runc_shim = "/usr/bin/containerd-shim-runc-v2"
+        if runc_shim:
+            self.runc_shim = runc_shim
         path = os.environ.get("PATH", "/usr/bin:/bin").split(":")
         for d in ("/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"):
             if d not in path:
@@ -855,6 +857,8 @@ def main():
     ap.add_argument("--exec-growth", type=int, default=0, metavar="N", help="N execs into one container (off)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     ap.add_argument("--shim", help="Keel binary (target/x86_64-unknown-linux-gnu/release/containerd-shim-keel-v1)")
+    ap.add_argument("--runc-shim", metavar="PATH",
+                    help="the containerd-shim-runc-v2 to compare with (the containerd line's own)")
     ap.add_argument("--rootfs", required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--cleanup", action="store_true", help=argparse.SUPPRESS)
@@ -869,7 +873,7 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     major = 2 if a.containerd.startswith("2") else 1
-    env = Env(a.work, major, os.path.realpath(a.shim))
+    env = Env(a.work, major, os.path.realpath(a.shim), a.runc_shim and os.path.realpath(a.runc_shim))
     res = Results()
     t0 = time.time()
     meta = {"containerd_major": "2.x" if major == 2 else "1.6", "rounds": a.rounds, "containers": a.containers,
