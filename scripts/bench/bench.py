@@ -19,6 +19,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,7 @@ RUNTIME = {KEEL: "io.containerd.keel.v1", RUNC: "io.containerd.runc.v2"}
 # Kubernetes' pod grouping key: both shims serve every container carrying the
 # same value from one shim process.
 POD_ANNOTATION = "io.kubernetes.cri.sandbox-id"
+SHIM_SOCKET_DIR = "/run/containerd/s"
 SHIM_BIN = {KEEL: "containerd-shim-keel-v1", RUNC: "containerd-shim-runc-v2"}
 C2_BIN = os.path.join(os.environ.get("KEEL_PREFIX", "/var/lib/keel-dev"), "containerd2/usr/bin")
 DISABLED = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime"]
@@ -107,17 +109,20 @@ class Env:
                 path.append(d)
         self.path = ":".join([self.bindir] + [p for p in path if p and p != self.bindir])
         self.proc = None
+        self.sockets_before = []
 
     def write_state(self):
         with open(os.path.join(self.work, "bench-state.json"), "w") as f:
             json.dump({"sock": self.sock, "ns": self.ns, "ctr": self.ctr_bin, "fifo": self.fifo,
-                       "containerd_pid": self.proc.pid if self.proc else None, "path": self.path}, f)
+                       "containerd_pid": self.proc.pid if self.proc else None, "path": self.path,
+                       "sockets_before": self.sockets_before}, f)
 
     def start(self):
         os.makedirs(self.bindir, exist_ok=True)
         os.makedirs(self.fifo, exist_ok=True)
         os.symlink(self.shim_path, os.path.join(self.bindir, SHIM_BIN[KEEL]))
         os.symlink(self.runc_shim, os.path.join(self.bindir, SHIM_BIN[RUNC]))
+        self.sockets_before = shim_sockets()
         version = 3 if self.major == 2 else 2
         disabled = list(DISABLED)
         if self.major == 2:
@@ -198,6 +203,26 @@ class Env:
                 continue
             found[flag_value(argv, "id") or d] = int(d)
         return found
+
+
+def shim_sockets():
+    try:
+        return sorted(os.listdir(SHIM_SOCKET_DIR))
+    except OSError:
+        return []
+
+
+def listened(path):
+    """False when nothing listens on the unix socket at path any more."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.settimeout(1)
+        try:
+            c.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError:
+            return True
+    return True
 
 
 def proc_argvs():
@@ -780,14 +805,14 @@ def cleanup(work, quiet=False):
                 sockp = flag_value(argv, "socket")
                 if not sockp and flag_value(argv, "id"):
                     h = hashlib.sha256(os.path.join(st["sock"], st["ns"], flag_value(argv, "id")).encode())
-                    sockp = os.path.join("/run/containerd/s", h.hexdigest())
+                    sockp = os.path.join(SHIM_SOCKET_DIR, h.hexdigest())
                 try:
                     os.kill(int(d), signal.SIGKILL)
                     for _ in range(40):
                         if not os.path.exists(f"/proc/{d}"):
                             break
                         time.sleep(0.05)
-                    if sockp and sockp.startswith("/run/containerd/s/"):
+                    if sockp and sockp.startswith(SHIM_SOCKET_DIR + "/"):
                         try:
                             os.unlink(sockp)
                         except OSError:
@@ -800,6 +825,18 @@ def cleanup(work, quiet=False):
             os.rmdir(nsroot)
         except OSError:
             pass
+        # Sockets of shims that exited without removing them (runc-v2 2.x
+        # leaves a grouped pod's), among those that appeared during the run.
+        before = set(st.get("sockets_before") or [])
+        for name in shim_sockets():
+            path = os.path.join(SHIM_SOCKET_DIR, name)
+            if name not in before and not listened(path):
+                try:
+                    os.unlink(path)
+                    if not quiet:
+                        log(f"cleanup: removed dead shim socket {path}")
+                except OSError:
+                    pass
         # runc removes a container's cgroup but leaves the namespace's parent
         # (one per v1 controller, and the unified one): empty by now.
         try:
