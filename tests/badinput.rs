@@ -18,7 +18,6 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const PROCESS_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 const RESOURCES_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
 
 /// What a case expects.
@@ -149,19 +148,10 @@ fn cri_options(path: &str, body: &str) -> Pb {
     Pb::any("runtimeoptions.v1.Options", &v.0)
 }
 
-fn exec_req(id: &str, exec_id: &str, spec: &[u8]) -> Pb {
-    Pb::new()
-        .str(1, id)
-        .str(2, exec_id)
-        .msg(7, Pb::any(PROCESS_URL, spec))
-}
-
 fn bad_input(line: Line) {
     let r = Rig::new(line);
     let tag = r.tag.clone();
-    let victim = r.cd.id("victim");
-    r.run_d(&[], &victim, &["sleep", "1000000"]);
-    r.wait_status(&victim, "RUNNING");
+    let victim = r.sleeper("victim");
     let shim = r.shim(&victim);
     let spec = exec_spec(&r.cd, &victim, &["true"]);
     let good = make_bundle(&r, &victim, "bi-good", &["sleep", "1000000"]);
@@ -546,8 +536,8 @@ fn weird_any(rng: &mut Rng) -> Pb {
             "",
             "containerd.runc.v1.Options",
             "runtimeoptions.v1.Options",
-            "types.containerd.io/opencontainers/runtime-spec/1/Process",
-            "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
+            PROCESS_URL,
+            RESOURCES_URL,
             "containerd.runc.v1.CheckpointOptions",
             "x/y/z",
             "/",
@@ -639,9 +629,7 @@ fn structured(rng: &mut Rng, method: &str) -> Vec<u8> {
 fn wire_fuzz(line: Line) {
     let r = Rig::new(line);
     let tag = r.tag.clone();
-    let victim = r.cd.id("victim");
-    r.run_d(&[], &victim, &["sleep", "1000000"]);
-    r.wait_status(&victim, "RUNNING");
+    let victim = r.sleeper("victim");
     let shim = r.shim(&victim);
     let seed: u64 = std::env::var("KEEL_FUZZ_SEED")
         .ok()

@@ -83,9 +83,7 @@ fn connect_as_nobody(sock: &Path) -> i32 {
 fn socket_private(line: Line) {
     let r = Rig::new(line);
     let tag = r.tag.clone();
-    let id = r.cd.id("sock");
-    r.run_d(&[], &id, &["sleep", "1000000"]);
-    r.wait_status(&id, "RUNNING");
+    let id = r.sleeper("sock");
     let bundle = r.cd.bundle_dir(&r.cd.ns, &id);
     let source = if bundle.join("bootstrap.json").exists() {
         "bootstrap.json"
@@ -214,9 +212,7 @@ fn fds_in_container(line: Line) {
     check_fds(&tag, "ctr run -t", &out);
 
     // exec and exec -t
-    let id = r.cd.id("fdexec");
-    r.run_d(&[], &id, &["sleep", "1000000"]);
-    r.wait_status(&id, "RUNNING");
+    let id = r.sleeper("fdexec");
     let o = r.exec(&[], &id, "lsfd", &ls);
     assert!(o.ok(), "{tag} exec: {}", o.describe());
     check_fds(&tag, "ctr task exec", &o.out());
@@ -357,16 +353,7 @@ fn no_shell(line: Line) {
     ] {
         let m = mk(&format!("exec-id-{n}"));
         let eid = pat.replace("{}", &m);
-        let res = shim.call(
-            "Exec",
-            &Pb::new().str(1, &id).str(2, &eid).msg(
-                7,
-                Pb::any(
-                    "types.containerd.io/opencontainers/runtime-spec/1/Process",
-                    &spec,
-                ),
-            ),
-        );
+        let res = shim.call("Exec", &exec_req(&id, &eid, &spec));
         eprintln!(
             "{tag} Exec id {eid:?} -> {:?} {}",
             res.code(),

@@ -564,16 +564,7 @@ fn hang_exec(line: Line) {
         let spec = exec_spec(&r.cd, &id, &["echo", "never"]);
         thread::spawn(move || {
             let t = Instant::now();
-            let r = shim.call(
-                "Exec",
-                &Pb::new().str(1, &id).str(2, "hangB").msg(
-                    7,
-                    Pb::any(
-                        "types.containerd.io/opencontainers/runtime-spec/1/Process",
-                        &spec,
-                    ),
-                ),
-            );
+            let r = shim.call("Exec", &exec_req(&id, "hangB", &spec));
             assert!(matches!(r, Rpc::Ok(_)), "Exec hangB: {r:?}");
             let r = shim.call_timeout(
                 "Start",
@@ -1098,9 +1089,7 @@ fn disk_full(line: Line) {
             .join("io.containerd.runtime.v2.task")
             .join(&r.cd.ns);
     let fs = SmallFs::mount(&nsdir, 2 << 20);
-    let nb = r.cd.id("neighbour");
-    r.run_d(&[], &nb, &["sleep", "1000000"]);
-    r.wait_status(&nb, "RUNNING");
+    let nb = r.sleeper("neighbour");
 
     // Sweep the point where space runs out: 0, 1, 2, ... pages left.
     let mut outcomes = Vec::new();
@@ -1233,9 +1222,7 @@ fn late_reader(line: Line) {
         let mut r = Rig::new(line);
         r.rt = rt;
         r.tag = format!("[{rt} {}]", line.name());
-        let id = r.cd.id("late");
-        r.run_d(&[], &id, &["sleep", "1000000"]);
-        r.wait_status(&id, "RUNNING");
+        let id = r.sleeper("late");
         let shim = r.shim(&id);
         let fifo = r.cd.dir.join("late-stdout");
         let efifo = r.cd.dir.join("late-stderr");
@@ -1247,18 +1234,9 @@ fn late_reader(line: Line) {
         let spec = exec_spec(&r.cd, &id, &["echo", "late-reader"]);
         let add = shim.call(
             "Exec",
-            &Pb::new()
-                .str(1, &id)
-                .str(2, "late")
+            &exec_req(&id, "late", &spec)
                 .str(5, &fifo.to_string_lossy())
-                .str(6, &efifo.to_string_lossy())
-                .msg(
-                    7,
-                    Pb::any(
-                        "types.containerd.io/opencontainers/runtime-spec/1/Process",
-                        &spec,
-                    ),
-                ),
+                .str(6, &efifo.to_string_lossy()),
         );
         assert!(matches!(add, Rpc::Ok(_)), "{} Exec: {add:?}", r.tag);
         // The client's reader comes 300 ms after Start was sent.

@@ -132,6 +132,14 @@ impl Rig {
         );
     }
 
+    /// A new container (id from `prefix`) idling in `sleep`, RUNNING when this returns.
+    pub fn sleeper(&self, prefix: &str) -> String {
+        let id = self.cd.id(prefix);
+        self.run_d(&[], &id, &["sleep", "1000000"]);
+        self.wait_status(&id, "RUNNING");
+        id
+    }
+
     pub fn exec_args(&self, flags: &[&str], id: &str, exec_id: &str, cmd: &[&str]) -> Vec<String> {
         self.cd.exec_args(flags, id, exec_id, cmd)
     }
@@ -266,6 +274,14 @@ impl Pb {
         self.0.extend_from_slice(b);
         self
     }
+}
+
+pub const PROCESS_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+
+/// ExecProcessRequest{id=1, exec_id=2, terminal=3, stdin=4, stdout=5,
+/// stderr=6, spec=7} with the process `spec` (JSON); stdio fields can follow.
+pub fn exec_req(id: &str, exec_id: &str, spec: &[u8]) -> Pb {
+    Pb::new().str(1, id).str(2, exec_id).msg(7, Pb::any(PROCESS_URL, spec))
 }
 
 /// How a raw call ended.
@@ -454,16 +470,7 @@ impl Shim {
 
     /// `Exec` + `Start` of `args` (null stdio) in `id`; returns the pid.
     pub fn exec_start(&self, id: &str, exec_id: &str, spec: &[u8]) -> Result<u32, Rpc> {
-        let add = self.call(
-            "Exec",
-            &Pb::new().str(1, id).str(2, exec_id).msg(
-                7,
-                Pb::any(
-                    "types.containerd.io/opencontainers/runtime-spec/1/Process",
-                    spec,
-                ),
-            ),
-        );
+        let add = self.call("Exec", &exec_req(id, exec_id, spec));
         if !matches!(add, Rpc::Ok(_)) {
             return Err(add);
         }
