@@ -103,10 +103,10 @@ pub fn parse_target(uri: &str) -> Result<Target> {
         "fifo" => Ok(Target::Fifo(path.into())),
         "file" => Ok(Target::File(path.into())),
         "binary" => {
+            let dec = |s: &str| percent_decode(&s.replace('+', " ")).ok_or_else(|| bad("malformed %-escape"));
             let mut args = Vec::new();
             for pair in query.split('&').filter(|p| !p.is_empty()) {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                let dec = |s: &str| percent_decode(&s.replace('+', " ")).ok_or_else(|| bad("malformed %-escape"));
                 args.push(dec(k)?);
                 if !v.is_empty() {
                     args.push(dec(v)?);
@@ -451,10 +451,8 @@ const OUTPUT_RENDEZVOUS: Duration = Duration::from_secs(10);
 async fn open_output(fifo: &Path) -> Option<(pipe::Sender, std::fs::File)> {
     // A reader of the shim's own keeps writes from failing (EPIPE) if the
     // client goes away mid-copy, as runc-v2 does.
-    let with_keeper = |file: std::fs::File| {
-        let keep = FileOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(fifo).ok()?;
-        Some((pipe::Sender::from_file(file).ok()?, keep))
-    };
+    let reader = || FileOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(fifo);
+    let with_keeper = |file: std::fs::File| Some((pipe::Sender::from_file(file).ok()?, reader().ok()?));
     // The client's reader is usually there already: no thread needed.
     match FileOptions::new().write(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(fifo) {
         Ok(file) => return with_keeper(file),
@@ -474,7 +472,7 @@ async fn open_output(fifo: &Path) -> Option<(pipe::Sender, std::fs::File)> {
         }
         _ => {
             // Release the blocked open with a reader of our own.
-            let _ = FileOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(fifo);
+            let _ = reader();
             log::warn!("nobody opened {} within {}s: output discarded", fifo.display(), OUTPUT_RENDEZVOUS.as_secs());
             None
         }
