@@ -717,15 +717,8 @@ fn criu_log_annotation(t: &T, id: &str) -> (String, PathBuf) {
 
 /// The last lines of CRIU's log of the latest dump or restore.
 fn criu_log_tail(log: &Path) -> String {
-    match fs::read_to_string(log) {
-        Ok(s) => {
-            let lines: Vec<&str> = s.lines().collect();
-            format!(
-                "--- CRIU log {} (last 25 lines) ---\n{}",
-                log.display(),
-                lines[lines.len().saturating_sub(25)..].join("\n")
-            )
-        }
+    match tail_lines(log, 25) {
+        Ok(tail) => format!("--- CRIU log {} (last 25 lines) ---\n{tail}", log.display()),
         Err(e) => format!("--- no CRIU log at {}: {e} ---", log.display()),
     }
 }

@@ -493,6 +493,13 @@ fn config_toml() -> String {
     )
 }
 
+/// The last `n` lines of the file at `path`.
+pub fn tail_lines(path: &Path, n: usize) -> std::io::Result<String> {
+    let s = fs::read_to_string(path)?;
+    let lines: Vec<&str> = s.lines().collect();
+    Ok(lines[lines.len().saturating_sub(n)..].join("\n"))
+}
+
 /// One private containerd daemon with its own root, state, socket and config.
 pub struct Containerd {
     pub line: Line,
@@ -647,9 +654,7 @@ impl Containerd {
 
     /// The last `n` lines of containerd's log (shim logs are in it too: `-debug`).
     pub fn log_tail(&self, n: usize) -> String {
-        let s = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        tail_lines(&self.log, n).unwrap_or_default()
     }
 
     /// A container id unique in this process (and so across tests).
