@@ -410,41 +410,44 @@ def bench_parallel(env, res, m, rounds):
             {s: (median(times[s]) if not errs.get(s) else None) for s in SHIMS}, errors)
 
 
-def bench_idle(env, res, k):
-    log(f"idle memory: {k} sleep containers per shim")
-    values = {}
-    errs = {}
+def idle_shims(env, prefix, n, flags=lambda shim: ()):
+    """Starts n sleep containers per shim, named prefix-SHIM-i, with the extra
+    `ctr run` flags flags(shim); returns ({shim: [proc_mem sample of each serving shim]},
+    {shim: error}) and removes the containers again."""
+    samples, errs = {}, {}
     for s in SHIMS:
-        ids = [f"idle-{s}-{i}" for i in range(k)]
         try:
-            for cid in ids:
-                env.run_detached(s, cid, ["/bin/sleep", "3600"])
+            for i in range(n):
+                env.run_detached(s, f"{prefix}-{s}-{i}", ["/bin/sleep", "3600"], flags(s))
         except Failed as e:
             errs[s] = str(e)
     time.sleep(2)  # let the shims settle (lazy allocations, GC)
     for s in SHIMS:
         if s in errs:
             continue
-        pids = env.shims(s)
-        mine = [pid for cid, pid in pids.items() if cid.startswith(f"idle-{s}-")]
-        if len(mine) != k:
-            errs[s] = f"found {len(mine)} serving shims for {k} containers ({len(pids)} in all)"
-            if not mine:
-                continue
-        samples = []
-        for pid in mine:
-            try:
-                samples.append(proc_mem(pid))
-            except OSError as e:
-                errs[s] = f"read /proc/{pid}: {e}"
-        values[s] = {f: statistics.mean(x[f] for x in samples) for f in samples[0]} if samples else None
-        res.raw.setdefault("idle_shims", {})[s] = samples
-    env.remove([f"idle-{s}-{i}" for s in SHIMS for i in range(k)])
+        mine = [pid for cid, pid in env.shims(s).items() if cid.startswith(f"{prefix}-{s}-")]
+        try:
+            samples[s] = [proc_mem(pid) for pid in mine]
+        except OSError as e:
+            errs[s] = f"read /proc: {e}"
+    env.remove([f"{prefix}-{s}-{i}" for s in SHIMS for i in range(n)])
+    return samples, errs
+
+
+def bench_idle(env, res, k):
+    log(f"idle memory: {k} sleep containers per shim")
+    samples, errs = idle_shims(env, "idle", k)
+    values = {}
+    for s, got in samples.items():
+        res.raw.setdefault("idle_shims", {})[s] = got
+        if len(got) != k:
+            errs[s] = f"found {len(got)} serving shims for {k} containers"
+        if got:
+            values[s] = {f: statistics.mean(x[f] for x in got) for f in got[0]}
     for f, label, unit in (("rss_kib", "RSS", "KiB"), ("pss_kib", "PSS", "KiB"), ("uss_kib", "USS", "KiB"),
                            ("threads", "threads", ""), ("fds", "open fds", "")):
         res.add(f"idle_{f}", f"idle shim {label} (mean of {k})", unit,
-                {s: (values.get(s) or {}).get(f) if s not in errs else None for s in SHIMS},
-                errs)
+                {s: values[s][f] if s in values and s not in errs else None for s in SHIMS}, errs)
 
 
 def bench_pod(env, res, n):
@@ -452,29 +455,14 @@ def bench_pod(env, res, n):
     which both shims honour (as they do for a Kubernetes pod); the shim's
     memory divided by n is what each container of the pod costs."""
     log(f"pod: {n} sleep containers grouped by {POD_ANNOTATION}, per shim")
-    values, errs = {}, {}
-    for s in SHIMS:
-        pod = f"pod-{s}"
-        try:
-            for i in range(n):
-                env.run_detached(s, f"{pod}-{i}", ["/bin/sleep", "3600"], ["--annotation", f"{POD_ANNOTATION}={pod}"])
-        except Failed as e:
-            errs[s] = str(e)
-    time.sleep(2)  # as for the idle rows
-    for s in SHIMS:
-        if s in errs:
-            continue
-        mine = [pid for cid, pid in env.shims(s).items() if cid.startswith(f"pod-{s}-")]
-        try:
-            samples = [proc_mem(pid) for pid in mine]
-        except OSError as e:
-            errs[s] = f"read /proc: {e}"
-            continue
-        values[s] = {"shims": len(mine)}
+    # One pod per shim kind, named by the annotation's value.
+    samples, errs = idle_shims(env, "pod", n, lambda s: ["--annotation", f"{POD_ANNOTATION}=pod-{s}"])
+    values = {}
+    for s, got in samples.items():
+        res.raw.setdefault("pod_shims", {})[s] = got
+        values[s] = {"shims": len(got)}
         for f in ("rss_kib", "pss_kib", "uss_kib"):
-            values[s][f] = sum(x[f] for x in samples) / n
-        res.raw.setdefault("pod_shims", {})[s] = samples
-    env.remove([f"pod-{s}-{i}" for s in SHIMS for i in range(n)])
+            values[s][f] = sum(x[f] for x in got) / n
     res.add("pod_shims", f"{n}-container pod: shims serving it", "",
             {s: values[s]["shims"] for s in values}, errs)
     for f, label in (("rss_kib", "RSS"), ("pss_kib", "PSS"), ("uss_kib", "USS")):
