@@ -1,0 +1,73 @@
+//! Output that bypasses the shim: a `file://` log file the runtime writes to
+//! directly, or a `binary://` logger reading the container's pipes.
+
+use std::fs::OpenOptions as FileOptions;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use nix::fcntl::{fcntl, FcntlArg};
+
+use super::{cloexec_pipe, Result, StdioError};
+use crate::reaper::Reaper;
+
+pub(super) fn open_log_file(path: &Path) -> Result<std::fs::File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| StdioError::Open { what: "log directory", path: dir.display().to_string(), source })?;
+    }
+    FileOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o644)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|source| StdioError::Open { what: "log file", path: path.display().to_string(), source })
+}
+
+/// Starts a `binary://` logger: fd 3 and 4 carry the container's stdout and
+/// stderr, and the logger closes fd 5 once it is ready to read them.
+pub(super) fn start_logger(path: &Path, args: &[String], namespace: &str, id: &str, out_r: OwnedFd, err_r: OwnedFd, reaper: &Reaper) -> Result<()> {
+    let fail = |reason: String| StdioError::Logger { binary: path.display().to_string(), reason };
+    let (ready_r, ready_w) = cloexec_pipe()?;
+    // Moved above fd 5 first, so dup2 onto 3..5 never hits one of its sources.
+    let high = |fd: &OwnedFd| -> Result<OwnedFd> {
+        let raw = fcntl(fd.as_fd(), FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(|e| fail(e.to_string()))?;
+        // SAFETY: fcntl just returned this fd to us and nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    };
+    let fds = [high(&out_r)?, high(&err_r)?, high(&ready_w)?];
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let mut cmd = Command::new(path);
+    cmd.args(args)
+        .env("CONTAINER_ID", id)
+        .env("CONTAINER_NAMESPACE", namespace)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: only dup2 runs between fork and exec; it is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (i, fd) in raw.iter().enumerate() {
+                if libc::dup2(*fd, 3 + i as RawFd) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let (_child, _exit) = reaper.spawn(&mut cmd).map_err(|e| fail(e.to_string()))?;
+    drop(fds);
+    drop(ready_w);
+    drop(out_r);
+    drop(err_r);
+    // The logger signals readiness by closing fd 5: wait for EOF, briefly.
+    let mut buf = [0u8; 1];
+    let _ = nix::poll::poll(
+        &mut [nix::poll::PollFd::new(ready_r.as_fd(), nix::poll::PollFlags::POLLIN)],
+        nix::poll::PollTimeout::from(10_000u16),
+    );
+    let _ = nix::unistd::read(&ready_r, &mut buf);
+    Ok(())
+}
