@@ -1,7 +1,9 @@
 //! A container: its init process, its execs, and the operations on them.
 //! No lock here is held across a runtime call or any await.
 
+mod control;
 mod create;
+mod exec;
 mod exit;
 pub mod process;
 
@@ -9,23 +11,19 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
-use containerd_shim_protos::events::task::{TaskCheckpointed, TaskExecAdded, TaskExecStarted, TaskOOM, TaskPaused, TaskResumed, TaskStart};
-use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use containerd_shim_protos::protobuf::Message;
-use containerd_shim_protos::shim::oci::{CheckpointOptions, ProcessDetails};
-use containerd_shim_protos::types::task::ProcessInfo;
+use containerd_shim_protos::events::task::{TaskOOM, TaskStart};
 
 pub use create::CreateRequest;
 use process::{Process, Status};
 
 use crate::cgroups::oom::OomMonitor;
-use crate::cgroups::{stats, Cgroup};
+use crate::cgroups::Cgroup;
 use crate::error::{Error, Result};
 use crate::events::Publisher;
 use crate::options::RuntimeOptions;
 use crate::reaper::{ExitSink, Owner, Reaper};
-use crate::runtime::{read_pid_file, Runtime};
-use crate::stdio::{self, StdioConfig};
+use crate::runtime::Runtime;
+use crate::stdio;
 
 #[derive(Default)]
 struct ExitGate {
@@ -62,24 +60,6 @@ pub struct Container {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The runtime's checkpoint flags for containerd's CheckpointOptions.
-pub fn checkpoint_args(image: &str, work: &std::path::Path, o: &CheckpointOptions) -> Vec<String> {
-    let mut a = vec!["--image-path".to_string(), image.to_string(), "--work-path".to_string(), work.display().to_string()];
-    if !o.exit {
-        a.push("--leave-running".into());
-    }
-    for (on, flag) in [(o.open_tcp, "--tcp-established"), (o.external_unix_sockets, "--ext-unix-sk"), (o.terminal, "--shell-job"), (o.file_locks, "--file-locks")] {
-        if on {
-            a.push(flag.into());
-        }
-    }
-    for ns in &o.empty_namespaces {
-        a.push("--empty-ns".into());
-        a.push(ns.clone());
-    }
-    a
 }
 
 impl Container {
@@ -164,93 +144,6 @@ impl Container {
         if let Some(exit) = pending {
             self.handle_exit(p.clone(), exit);
         }
-    }
-
-    pub fn add_exec(&self, exec_id: &str, stdio: StdioConfig, spec: Vec<u8>) -> Result<()> {
-        crate::tasklist::validate_id("exec id", exec_id)?;
-        serde_json::from_slice::<oci_spec::runtime::Process>(&spec)
-            .map_err(|e| Error::InvalidArgument(format!("exec {exec_id} of task {}: invalid process spec: {e}", self.id)))?;
-        stdio::parse_target(&stdio.stdout).and(stdio::parse_target(&stdio.stderr)).map_err(Error::from)?;
-        {
-            let st = self.init.lock();
-            if matches!(st.status, Status::Stopped | Status::Deleted) || st.reaped {
-                return Err(Error::FailedPrecondition(format!("cannot exec in task {}: it is stopped", self.id)));
-            }
-        }
-        let mut execs = lock(&self.execs);
-        if execs.contains_key(exec_id) {
-            return Err(Error::AlreadyExists(format!("exec {exec_id} already exists in task {}", self.id)));
-        }
-        execs.insert(exec_id.to_string(), Arc::new(Process::new(exec_id, stdio, spec)));
-        drop(execs);
-        self.publisher.publish(
-            &self.namespace,
-            TaskExecAdded { container_id: self.id.clone(), exec_id: exec_id.to_string(), ..Default::default() },
-        );
-        Ok(())
-    }
-
-    async fn start_exec(self: &Arc<Self>, p: &Arc<Process>) -> Result<i32> {
-        {
-            let mut st = p.lock();
-            p.require(&st, &[Status::Created], "start", &self.id)?;
-            if st.starting {
-                return Err(Error::FailedPrecondition(format!("{} is already starting", p.describe(&self.id))));
-            }
-            st.starting = true;
-        }
-        // Counted before the runtime runs, so an init exit meanwhile waits for this exec.
-        lock(&self.gate).running_execs += 1;
-        match self.run_exec(p).await {
-            Ok(pid) => {
-                self.publisher.publish(
-                    &self.namespace,
-                    TaskExecStarted { container_id: self.id.clone(), exec_id: p.exec_id.clone(), pid: pid as u32, ..Default::default() },
-                );
-                self.release_pending_exit(p);
-                Ok(pid)
-            }
-            Err(e) => {
-                p.lock().starting = false;
-                self.exec_finished();
-                Err(e)
-            }
-        }
-    }
-
-    async fn run_exec(&self, p: &Arc<Process>) -> Result<i32> {
-        let stem = format!("exec-{}", p.exec_id);
-        let spec_file = self.bundle.join(format!("{stem}.json"));
-        let pid_file = self.bundle.join(format!("{stem}.pid"));
-        std::fs::write(&spec_file, &p.spec).map_err(|e| Error::io(format!("write {}", spec_file.display()), e))?;
-        let _ = std::fs::remove_file(&pid_file);
-        let (rio, prepared) = stdio::prepare(&p.stdio, self.io_owner(), &self.namespace, &self.id, &self.reaper)?;
-        let sub = self.reaper.subscribe();
-        let res = self
-            .runtime
-            .exec(&self.id, &spec_file, &pid_file, prepared.console.as_ref().map(|c| c.path()), rio)
-            .await;
-        let _ = std::fs::remove_file(&spec_file);
-        res?;
-        let master = match &prepared.console {
-            Some(c) => Some(c.receive().await?),
-            None => None,
-        };
-        let pid = read_pid_file(&pid_file).map_err(|e| Error::io(format!("{}: read pid file", p.describe(&self.id)), e))?;
-        let _ = std::fs::remove_file(&pid_file);
-        let claim = self.reaper.claim(pid, self.owner(&p.exec_id), &sub);
-        drop(sub);
-        p.set_io(prepared.start(master).await?);
-        let early = claim.early;
-        let mut st = p.lock();
-        st.pid = pid;
-        st.pidfd = claim.pidfd.map(Arc::new);
-        p.transition(&mut st, Status::Running, &self.id)?;
-        if let Some(exit) = early {
-            st.reaped = true;
-            st.pending_exit = Some(exit);
-        }
-        Ok(pid)
     }
 
     pub async fn kill(&self, exec_id: &str, signal: u32, all: bool) -> Result<()> {
@@ -353,15 +246,6 @@ impl Container {
         }
     }
 
-    pub fn stats(&self) -> Result<containerd_shim_protos::protobuf::well_known_types::any::Any> {
-        {
-            let st = self.init.lock();
-            self.init.require(&st, &[Status::Created, Status::Running, Status::Paused], "collect stats of", &self.id)?;
-        }
-        let cg = self.cgroup.get().ok_or_else(|| Error::NotFound(format!("task {}: its cgroup is unknown", self.id)))?;
-        Ok(stats::collect(cg))
-    }
-
     /// Releases what the container holds on the host: stdio, pid, mounts.
     fn cleanup(&self) {
         if let Some(m) = self.oom.get() {
@@ -373,99 +257,6 @@ impl Container {
             crate::mount::unmount_all(&self.bundle.join("rootfs"));
         }
         let _ = std::fs::remove_file(self.bundle.join("init.pid"));
-    }
-
-    pub async fn pids(&self) -> Result<Vec<ProcessInfo>> {
-        let pids = self.runtime.ps(&self.id).await?;
-        let by_pid: HashMap<i32, String> = lock(&self.execs).values().map(|e| (e.pid(), e.exec_id.clone())).collect();
-        Ok(pids
-            .into_iter()
-            .map(|pid| {
-                let info = by_pid.get(&pid).and_then(|exec_id| {
-                    let details = ProcessDetails { exec_id: exec_id.clone(), ..Default::default() };
-                    details.write_to_bytes().ok().map(|value| Any {
-                        type_url: "containerd.runc.v1.ProcessDetails".into(),
-                        value,
-                        ..Default::default()
-                    })
-                });
-                ProcessInfo { pid: pid as u32, info: info.into(), ..Default::default() }
-            })
-            .collect())
-    }
-
-    pub async fn pause(&self) -> Result<()> {
-        {
-            let st = self.init.lock();
-            self.init.require(&st, &[Status::Running], "pause", &self.id)?;
-        }
-        self.runtime.pause(&self.id).await?;
-        {
-            let mut st = self.init.lock();
-            if st.status == Status::Running {
-                self.init.transition(&mut st, Status::Paused, &self.id)?;
-            }
-        }
-        self.publisher.publish(&self.namespace, TaskPaused { container_id: self.id.clone(), ..Default::default() });
-        Ok(())
-    }
-
-    pub async fn resume(&self) -> Result<()> {
-        {
-            let st = self.init.lock();
-            self.init.require(&st, &[Status::Paused], "resume", &self.id)?;
-        }
-        self.runtime.resume(&self.id).await?;
-        {
-            let mut st = self.init.lock();
-            if st.status == Status::Paused {
-                self.init.transition(&mut st, Status::Running, &self.id)?;
-            }
-        }
-        self.publisher.publish(&self.namespace, TaskResumed { container_id: self.id.clone(), ..Default::default() });
-        Ok(())
-    }
-
-    pub async fn update(&self, resources: &Any) -> Result<()> {
-        {
-            let st = self.init.lock();
-            self.init.require(&st, &[Status::Created, Status::Running, Status::Paused], "update", &self.id)?;
-        }
-        let res: oci_spec::runtime::LinuxResources = serde_json::from_slice(&resources.value)
-            .map_err(|e| Error::InvalidArgument(format!("task {}: invalid resources: {e}", self.id)))?;
-        crate::resources::validate(&res).map_err(|m| Error::InvalidArgument(format!("task {}: {m}", self.id)))?;
-        let file = self.bundle.join("update-resources.json");
-        let json = serde_json::to_vec(&res).map_err(|e| Error::Internal(format!("encode resources: {e}")))?;
-        std::fs::write(&file, json).map_err(|e| Error::io(format!("write {}", file.display()), e))?;
-        let r = self.runtime.update(&self.id, &file).await;
-        let _ = std::fs::remove_file(&file);
-        Ok(r?)
-    }
-
-    /// Dumps the container with CRIU through the runtime into `image`.
-    pub async fn checkpoint(&self, image: &str, opts: &CheckpointOptions) -> Result<()> {
-        {
-            let st = self.init.lock();
-            self.init.require(&st, &[Status::Running, Status::Paused], "checkpoint", &self.id)?;
-        }
-        // The request's path wins, as with runc-v2: containerd stores what is
-        // there as the checkpoint (1.6 passes image_path only to runc runtimes).
-        let image = if image.is_empty() { opts.image_path.as_str() } else { image };
-        if image.is_empty() {
-            return Err(Error::InvalidArgument(format!("task {}: checkpoint needs an image path", self.id)));
-        }
-        let work = if opts.work_path.is_empty() { self.criu_work_path() } else { PathBuf::from(&opts.work_path) };
-        let args = checkpoint_args(image, &work, opts);
-        let r = self.runtime.checkpoint(&self.id, &args).await;
-        if opts.work_path.is_empty() {
-            let _ = std::fs::remove_dir_all(&work);
-        }
-        r?;
-        self.publisher.publish(
-            &self.namespace,
-            TaskCheckpointed { container_id: self.id.clone(), checkpoint: image.to_string(), ..Default::default() },
-        );
-        Ok(())
     }
 
     pub fn resize(&self, exec_id: &str, width: u32, height: u32) -> Result<()> {
@@ -482,30 +273,5 @@ impl Container {
             io.close_stdin();
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn checkpoint_options_map_to_runtime_flags() {
-        let o = CheckpointOptions {
-            exit: false,
-            open_tcp: true,
-            external_unix_sockets: true,
-            terminal: true,
-            file_locks: true,
-            empty_namespaces: vec!["network".into()],
-            ..Default::default()
-        };
-        let a = checkpoint_args("/img", std::path::Path::new("/work"), &o);
-        assert_eq!(
-            a,
-            ["--image-path", "/img", "--work-path", "/work", "--leave-running", "--tcp-established", "--ext-unix-sk", "--shell-job", "--file-locks", "--empty-ns", "network"]
-        );
-        let exit = CheckpointOptions { exit: true, ..Default::default() };
-        assert!(!checkpoint_args("/img", std::path::Path::new("/w"), &exit).contains(&"--leave-running".to_string()));
     }
 }

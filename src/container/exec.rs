@@ -1,0 +1,100 @@
+//! Execs: added (validated, not yet run), then started with `runtime exec`.
+
+use std::sync::Arc;
+
+use containerd_shim_protos::events::task::{TaskExecAdded, TaskExecStarted};
+
+use super::process::{Process, Status};
+use super::{lock, Container};
+use crate::error::{Error, Result};
+use crate::runtime::read_pid_file;
+use crate::stdio::{self, StdioConfig};
+
+impl Container {
+    pub fn add_exec(&self, exec_id: &str, stdio: StdioConfig, spec: Vec<u8>) -> Result<()> {
+        crate::tasklist::validate_id("exec id", exec_id)?;
+        serde_json::from_slice::<oci_spec::runtime::Process>(&spec)
+            .map_err(|e| Error::InvalidArgument(format!("exec {exec_id} of task {}: invalid process spec: {e}", self.id)))?;
+        stdio::parse_target(&stdio.stdout).and(stdio::parse_target(&stdio.stderr)).map_err(Error::from)?;
+        {
+            let st = self.init.lock();
+            if matches!(st.status, Status::Stopped | Status::Deleted) || st.reaped {
+                return Err(Error::FailedPrecondition(format!("cannot exec in task {}: it is stopped", self.id)));
+            }
+        }
+        let mut execs = lock(&self.execs);
+        if execs.contains_key(exec_id) {
+            return Err(Error::AlreadyExists(format!("exec {exec_id} already exists in task {}", self.id)));
+        }
+        execs.insert(exec_id.to_string(), Arc::new(Process::new(exec_id, stdio, spec)));
+        drop(execs);
+        self.publisher.publish(
+            &self.namespace,
+            TaskExecAdded { container_id: self.id.clone(), exec_id: exec_id.to_string(), ..Default::default() },
+        );
+        Ok(())
+    }
+
+    pub(super) async fn start_exec(self: &Arc<Self>, p: &Arc<Process>) -> Result<i32> {
+        {
+            let mut st = p.lock();
+            p.require(&st, &[Status::Created], "start", &self.id)?;
+            if st.starting {
+                return Err(Error::FailedPrecondition(format!("{} is already starting", p.describe(&self.id))));
+            }
+            st.starting = true;
+        }
+        // Counted before the runtime runs, so an init exit meanwhile waits for this exec.
+        lock(&self.gate).running_execs += 1;
+        match self.run_exec(p).await {
+            Ok(pid) => {
+                self.publisher.publish(
+                    &self.namespace,
+                    TaskExecStarted { container_id: self.id.clone(), exec_id: p.exec_id.clone(), pid: pid as u32, ..Default::default() },
+                );
+                self.release_pending_exit(p);
+                Ok(pid)
+            }
+            Err(e) => {
+                p.lock().starting = false;
+                self.exec_finished();
+                Err(e)
+            }
+        }
+    }
+
+    async fn run_exec(&self, p: &Arc<Process>) -> Result<i32> {
+        let stem = format!("exec-{}", p.exec_id);
+        let spec_file = self.bundle.join(format!("{stem}.json"));
+        let pid_file = self.bundle.join(format!("{stem}.pid"));
+        std::fs::write(&spec_file, &p.spec).map_err(|e| Error::io(format!("write {}", spec_file.display()), e))?;
+        let _ = std::fs::remove_file(&pid_file);
+        let (rio, prepared) = stdio::prepare(&p.stdio, self.io_owner(), &self.namespace, &self.id, &self.reaper)?;
+        let sub = self.reaper.subscribe();
+        let res = self
+            .runtime
+            .exec(&self.id, &spec_file, &pid_file, prepared.console.as_ref().map(|c| c.path()), rio)
+            .await;
+        let _ = std::fs::remove_file(&spec_file);
+        res?;
+        let master = match &prepared.console {
+            Some(c) => Some(c.receive().await?),
+            None => None,
+        };
+        let pid = read_pid_file(&pid_file).map_err(|e| Error::io(format!("{}: read pid file", p.describe(&self.id)), e))?;
+        let _ = std::fs::remove_file(&pid_file);
+        let claim = self.reaper.claim(pid, self.owner(&p.exec_id), &sub);
+        drop(sub);
+        p.set_io(prepared.start(master).await?);
+        let early = claim.early;
+        let mut st = p.lock();
+        st.pid = pid;
+        st.pidfd = claim.pidfd.map(Arc::new);
+        p.transition(&mut st, Status::Running, &self.id)?;
+        if let Some(exit) = early {
+            st.reaped = true;
+            st.pending_exit = Some(exit);
+        }
+        Ok(pid)
+    }
+}
