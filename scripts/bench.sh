@@ -11,7 +11,7 @@
 #   --containerd 2     containerd 2.x (from /var/lib/keel-dev/containerd2) instead of 1.6
 #   --rounds N         rounds of the lifecycle, exec and bare-runc rows (20)
 #   --containers M     containers started at once for the parallel-start row (20)
-#   --parallel-rounds R  rounds of the parallel start (3)
+#   --parallel-rounds R  rounds of the parallel start (10: fewer move the median with the load)
 #   --idle K           idle `sleep` containers per shim for the memory rows (10)
 #   --pod N            containers of the grouped pod (io.kubernetes.cri.sandbox-id,
 #                      one shim for all) for the per-container memory rows (5)

@@ -876,7 +876,7 @@ def main():
     ap.add_argument("--containerd", default="1.6", choices=["1", "1.6", "2", "2.x"])
     ap.add_argument("--rounds", type=int, default=20, help="rounds of the lifecycle, exec and floor rows (20)")
     ap.add_argument("--containers", type=int, default=20, help="containers started at once (20)")
-    ap.add_argument("--parallel-rounds", type=int, default=3, help="rounds of the parallel start (3)")
+    ap.add_argument("--parallel-rounds", type=int, default=10, help="rounds of the parallel start (10)")
     ap.add_argument("--idle", type=int, default=10, help="idle containers per shim for memory (10)")
     ap.add_argument("--pod", type=int, default=5, help="containers in the grouped pod (5)")
     ap.add_argument("--exec-growth", type=int, default=0, metavar="N", help="N execs into one container (off)")
