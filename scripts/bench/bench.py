@@ -460,6 +460,10 @@ def bench_pod(env, res, n):
     values = {}
     for s, got in samples.items():
         res.raw.setdefault("pod_shims", {})[s] = got
+        if not got:
+            # Not a pod that costs nothing: its shim was not found.
+            errs[s] = f"found no shim serving the {n} containers of pod-{s}"
+            continue
         values[s] = {"shims": len(got)}
         for f in ("rss_kib", "pss_kib", "uss_kib"):
             values[s][f] = sum(x[f] for x in got) / n
