@@ -38,22 +38,36 @@ pub enum RuntimeError {
 }
 
 impl RuntimeError {
+    /// The gRPC code of a failure, decided per operation as runc-v2 does:
+    /// only kill and delete give meaning to the runtime's words; anything
+    /// else the runtime says is `Unknown`, as runc-v2 passes it on.
     pub fn code(&self) -> Code {
         match self {
             RuntimeError::Missing { .. } => Code::FAILED_PRECONDITION,
             RuntimeError::Timeout { .. } => Code::DEADLINE_EXCEEDED,
-            RuntimeError::Failed { message, .. } => {
-                let m = message.to_ascii_lowercase();
-                if m.contains("does not exist") || m.contains("not found") || m.contains("no such process") {
-                    Code::NOT_FOUND
-                } else if m.contains("not running") || m.contains("is paused") || m.contains("not paused") || m.contains("stopped") {
-                    Code::FAILED_PRECONDITION
-                } else {
-                    Code::UNKNOWN
-                }
-            }
+            RuntimeError::Failed { op, message, .. } => failure_code(op, message),
             RuntimeError::Spawn { .. } | RuntimeError::Output { .. } => Code::INTERNAL,
         }
+    }
+
+    /// A kill that found the process (or the container) already gone.
+    pub fn already_gone(&self) -> bool {
+        self.code() == Code::NOT_FOUND
+    }
+}
+
+/// What a runtime's error message means for operation `op`.
+fn failure_code(op: &str, message: &str) -> Code {
+    let m = message.to_ascii_lowercase();
+    let any = |needles: &[&str]| needles.iter().any(|n| m.contains(n));
+    match op {
+        // A kill that lands after the process died but before its exit was
+        // recorded: containerd and the CRI plugin take NotFound as done
+        // (runc-v2's checkKillError gives the same answer).
+        "kill" if any(&["process already finished", "container not running", "no such process", "does not exist"]) => Code::NOT_FOUND,
+        // A container the runtime no longer knows is what delete wants.
+        "delete" if any(&["does not exist", "not found"]) => Code::NOT_FOUND,
+        _ => Code::UNKNOWN,
     }
 }
 
@@ -322,11 +336,18 @@ mod tests {
     }
 
     #[test]
-    fn runtime_failures_map_to_grpc_codes() {
-        let failed = |m: &str| RuntimeError::Failed { binary: "runc".into(), op: "kill", id: "c".into(), message: m.into() };
-        assert_eq!(failed("container \"c\" does not exist").code(), Code::NOT_FOUND);
-        assert_eq!(failed("container not running").code(), Code::FAILED_PRECONDITION);
-        assert_eq!(failed("boom").code(), Code::UNKNOWN);
+    fn runtime_failures_map_to_grpc_codes_per_operation() {
+        let failed = |op: &'static str, m: &str| RuntimeError::Failed { binary: "runc".into(), op, id: "c".into(), message: m.into() };
+        // runc and crun's words for a kill that came too late.
+        for m in ["container not running", "os: process already finished", "kill container: No such process", "container \"c\" does not exist"] {
+            assert_eq!(failed("kill", m).code(), Code::NOT_FOUND, "kill: {m}");
+        }
+        assert_eq!(failed("kill", "permission denied").code(), Code::UNKNOWN);
+        assert_eq!(failed("delete", "container \"c\" does not exist").code(), Code::NOT_FOUND);
+        // The same words from another command say nothing about a finished process.
+        assert_eq!(failed("exec", "cannot exec in a stopped container: container not running").code(), Code::UNKNOWN);
+        assert_eq!(failed("pause", "container \"c\" does not exist").code(), Code::UNKNOWN);
+        assert_eq!(failed("start", "boom").code(), Code::UNKNOWN);
     }
 
     #[test]

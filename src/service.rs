@@ -81,9 +81,9 @@ impl Service {
     async fn do_create(&self, ctx: &TtrpcContext, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
         let ns = self.ns(ctx);
         validate_id("container id", &req.id)?;
-        if self.tasks.contains(&ns, &req.id) {
-            return Err(Error::AlreadyExists(format!("task {} already exists in namespace {ns}", req.id)));
-        }
+        // Held before any work, so a concurrent Create of the same id never
+        // gets to clean up (runtime delete, unmount) what this one made.
+        let reservation = self.tasks.reserve(&ns, &req.id)?;
         let options = crate::options::decode(req.options.as_ref())?;
         let stdio = StdioConfig { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone(), terminal: req.terminal };
         let create = CreateRequest {
@@ -98,10 +98,7 @@ impl Service {
         let (container, early_exit) = Container::create(create, self.reaper.clone(), self.publisher.clone()).await?;
         crate::manager::save_options(&container.bundle, &options);
         let pid = container.init().pid();
-        if let Err(e) = self.tasks.add(&ns, &req.id, container.clone()) {
-            let _ = container.delete("").await;
-            return Err(e);
-        }
+        reservation.commit(container.clone());
         self.publisher.publish(
             &ns,
             TaskCreate {

@@ -1,6 +1,6 @@
 //! The shim's containers, keyed by namespace and id.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
@@ -31,33 +31,59 @@ pub fn validate_id(kind: &str, id: &str) -> Result<()> {
     Ok(())
 }
 
+type Tasks<T> = HashMap<String, HashMap<String, Arc<T>>>;
+
 pub struct TaskList<T> {
-    inner: Mutex<HashMap<String, HashMap<String, Arc<T>>>>,
+    inner: Mutex<Tasks<T>>,
+    /// (namespace, id) of Creates still at work: a second Create for the
+    /// same id is refused before it can touch the first one's container.
+    reserved: Mutex<HashSet<(String, String)>>,
 }
 
 impl<T> Default for TaskList<T> {
     fn default() -> Self {
-        TaskList { inner: Mutex::default() }
+        TaskList { inner: Mutex::default(), reserved: Mutex::default() }
+    }
+}
+
+/// An id held for a Create in progress; released on drop unless committed.
+pub struct Reservation<'a, T> {
+    list: &'a TaskList<T>,
+    key: (String, String),
+}
+
+impl<T> Reservation<'_, T> {
+    /// Makes the task visible under the reserved id.
+    pub fn commit(self, task: Arc<T>) {
+        let (ns, id) = self.key.clone();
+        self.list.lock().entry(ns).or_default().insert(id, task);
+        // Drop releases the reservation only after the task is in the list.
+    }
+}
+
+impl<T> Drop for Reservation<'_, T> {
+    fn drop(&mut self) {
+        self.list.reserved.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
     }
 }
 
 impl<T> TaskList<T> {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, HashMap<String, Arc<T>>>> {
+    fn lock(&self) -> MutexGuard<'_, Tasks<T>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn add(&self, namespace: &str, id: &str, task: Arc<T>) -> Result<()> {
-        let mut all = self.lock();
-        let ns = all.entry(namespace.to_string()).or_default();
-        if ns.contains_key(id) {
+    /// Holds `id` for a Create; fails if a task of that id exists or is being created.
+    pub fn reserve(&self, namespace: &str, id: &str) -> Result<Reservation<'_, T>> {
+        let all = self.lock();
+        let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (namespace.to_string(), id.to_string());
+        if all.get(namespace).is_some_and(|ns| ns.contains_key(id)) {
             return Err(Error::AlreadyExists(format!("task {id} already exists in namespace {namespace}")));
         }
-        ns.insert(id.to_string(), task);
-        Ok(())
-    }
-
-    pub fn contains(&self, namespace: &str, id: &str) -> bool {
-        self.lock().get(namespace).is_some_and(|ns| ns.contains_key(id))
+        if !reserved.insert(key.clone()) {
+            return Err(Error::AlreadyExists(format!("task {id} is already being created in namespace {namespace}")));
+        }
+        Ok(Reservation { list: self, key })
     }
 
     pub fn get(&self, namespace: &str, id: &str) -> Result<Arc<T>> {
@@ -101,15 +127,30 @@ mod tests {
     #[test]
     fn namespaces_keep_tasks_apart() {
         let list: TaskList<u32> = TaskList::default();
-        list.add("a", "c1", Arc::new(1)).expect("add");
-        list.add("b", "c1", Arc::new(2)).expect("same id, other namespace");
-        let dup = list.add("a", "c1", Arc::new(3)).expect_err("duplicate");
+        list.reserve("a", "c1").expect("reserve").commit(Arc::new(1));
+        list.reserve("b", "c1").expect("same id, other namespace").commit(Arc::new(2));
+        let dup = list.reserve("a", "c1").err().expect("duplicate");
         assert!(matches!(dup, Error::AlreadyExists(_)));
         assert_eq!(*list.get("b", "c1").expect("get"), 2);
         assert!(matches!(list.get("c", "c1"), Err(Error::NotFound(_))));
         assert_eq!(list.len(), 2);
         list.remove("a", "c1");
-        assert!(!list.contains("a", "c1"));
+        assert!(list.get("a", "c1").is_err());
         assert_eq!(list.len(), 1);
+    }
+
+    #[test]
+    fn a_reserved_id_is_refused_until_released() {
+        let list: TaskList<u32> = TaskList::default();
+        let r = list.reserve("a", "c1").expect("reserve");
+        let again = list.reserve("a", "c1").err().expect("second reserve of c1 must fail");
+        assert!(matches!(again, Error::AlreadyExists(_)), "{again}");
+        assert!(again.to_string().contains("c1"), "names the id: {again}");
+        assert!(list.reserve("b", "c1").is_ok(), "other namespace is free");
+        drop(r);
+        let r = list.reserve("a", "c1").expect("released by drop: a failed Create frees the id");
+        r.commit(Arc::new(7));
+        assert_eq!(*list.get("a", "c1").expect("committed"), 7);
+        assert!(matches!(list.reserve("a", "c1"), Err(Error::AlreadyExists(_))), "a committed task holds the id");
     }
 }

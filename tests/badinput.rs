@@ -15,7 +15,7 @@ mod common;
 
 use common::robust::*;
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 const RESOURCES_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
@@ -116,30 +116,6 @@ impl Table<'_> {
         }
         eprintln!("===");
     }
-}
-
-/// A bundle directory for a task created straight through the shim: the
-/// victim's config.json with `args`, its own cgroup, the shared rootfs.
-fn make_bundle(r: &Rig, victim: &str, name: &str, args: &[&str]) -> PathBuf {
-    let dir = r.cd.dir.join("bundles").join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = std::fs::read(r.cd.bundle_dir(&r.cd.ns, victim).join("config.json")).unwrap();
-    let mut v: serde_json::Value = serde_json::from_slice(&cfg).unwrap();
-    v["process"]["args"] = serde_json::json!(args);
-    v["process"]["terminal"] = serde_json::json!(false);
-    v["root"]["path"] = serde_json::json!(rootfs().to_string_lossy());
-    v["linux"]["cgroupsPath"] = serde_json::json!(format!("/{}/{}", r.cd.ns, name));
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_vec_pretty(&v).unwrap(),
-    )
-    .unwrap();
-    dir
-}
-
-/// CreateTaskRequest{id=1, bundle=2, rootfs=3, terminal=4, stdin=5, stdout=6, stderr=7, options=10}.
-fn create_req(id: &str, bundle: &Path) -> Pb {
-    Pb::new().str(1, id).str(2, &bundle.to_string_lossy())
 }
 
 /// `runtimeoptions.v1.Options` {type_url=1, config_path=2, config_body=3}.

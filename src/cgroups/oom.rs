@@ -7,7 +7,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
@@ -46,60 +46,21 @@ impl OomMonitor {
         };
         let seen = oom_kills(&counter).unwrap_or(0);
         let mon = Arc::new(OomMonitor { counter: counter.clone(), seen: Mutex::new(seen), notify: Box::new(notify), task: Mutex::new(None) });
-        let watcher = mon.clone();
+        // The watcher holds the monitor weakly: dropping the last Arc ends it.
+        let watcher = Arc::downgrade(&mon);
         let task = if v2 {
             let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(std::io::Error::from)?;
             ino.add_watch(&counter, AddWatchFlags::IN_MODIFY).map_err(std::io::Error::from)?;
-            tokio::spawn(async move { watcher.watch_v2(ino).await })
+            tokio::spawn(watch_v2(watcher, ino))
         } else {
             let efd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).map_err(std::io::Error::from)?;
             let control = std::fs::File::open(&counter)?;
             let dir = counter.parent().unwrap_or(Path::new("/"));
             std::fs::write(dir.join("cgroup.event_control"), format!("{} {}", efd.as_fd().as_raw_fd(), control.as_raw_fd()))?;
-            tokio::spawn(async move { watcher.watch_v1(efd, control).await })
+            tokio::spawn(watch_v1(watcher, efd, control))
         };
         *mon.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
         Ok(mon)
-    }
-
-    async fn watch_v1(self: Arc<Self>, efd: EventFd, _control: std::fs::File) {
-        // SAFETY: `efd` owns the fd and outlives `afd` (declared before it, dropped after).
-        let Ok(afd) = (unsafe { AsyncFd::register(Raw(efd.as_fd().as_raw_fd())) }) else { return };
-        loop {
-            let Ok(mut guard) = afd.readable().await else { return };
-            match efd.read() {
-                Ok(_) => {}
-                Err(nix::errno::Errno::EAGAIN) => {
-                    guard.clear_ready();
-                    continue;
-                }
-                Err(_) => return,
-            }
-            // The eventfd also fires when the cgroup goes away.
-            if !self.counter.exists() {
-                return;
-            }
-            self.check();
-        }
-    }
-
-    async fn watch_v2(self: Arc<Self>, ino: Inotify) {
-        let fd: BorrowedFd<'_> = ino.as_fd();
-        // SAFETY: `ino` owns the fd and outlives `afd` (declared before it, dropped after).
-        let Ok(afd) = (unsafe { AsyncFd::register(Raw(fd.as_raw_fd())) }) else { return };
-        loop {
-            let Ok(mut guard) = afd.readable().await else { return };
-            match ino.read_events() {
-                Ok(events) => {
-                    if events.iter().any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED)) {
-                        return;
-                    }
-                    self.check();
-                }
-                Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
-                Err(_) => return,
-            }
-        }
     }
 
     /// Reports kills not reported yet (at most one event per call, like runc-v2).
@@ -116,6 +77,48 @@ impl OomMonitor {
     pub fn stop(&self) {
         if let Some(t) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
             t.abort();
+        }
+    }
+}
+
+async fn watch_v1(mon: Weak<OomMonitor>, efd: EventFd, _control: std::fs::File) {
+    // SAFETY: `efd` owns the fd and outlives `afd` (declared before it, dropped after).
+    let Ok(afd) = (unsafe { AsyncFd::register(Raw(efd.as_fd().as_raw_fd())) }) else { return };
+    loop {
+        let Ok(mut guard) = afd.readable().await else { return };
+        match efd.read() {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EAGAIN) => {
+                guard.clear_ready();
+                continue;
+            }
+            Err(_) => return,
+        }
+        let Some(mon) = mon.upgrade() else { return };
+        // The eventfd also fires when the cgroup goes away.
+        if !mon.counter.exists() {
+            return;
+        }
+        mon.check();
+    }
+}
+
+async fn watch_v2(mon: Weak<OomMonitor>, ino: Inotify) {
+    let fd: BorrowedFd<'_> = ino.as_fd();
+    // SAFETY: `ino` owns the fd and outlives `afd` (declared before it, dropped after).
+    let Ok(afd) = (unsafe { AsyncFd::register(Raw(fd.as_raw_fd())) }) else { return };
+    loop {
+        let Ok(mut guard) = afd.readable().await else { return };
+        match ino.read_events() {
+            Ok(events) => {
+                if events.iter().any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED)) {
+                    return;
+                }
+                let Some(mon) = mon.upgrade() else { return };
+                mon.check();
+            }
+            Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
+            Err(_) => return,
         }
     }
 }
@@ -156,6 +159,29 @@ mod tests {
         mon.check();
         assert_eq!(hits.load(Ordering::SeqCst), 1, "the same kill is not reported twice");
         mon.stop();
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn dropping_the_monitor_ends_its_watcher() {
+        let dir = std::env::temp_dir().join(format!("keel-oom-drop-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("memory.events"), "oom 0\noom_kill 0\n").expect("write");
+        // The notify closure holds `token`: once the monitor is freed, so is it.
+        let token = Arc::new(());
+        let held = token.clone();
+        let mon = OomMonitor::start(&Cgroup::V2(dir.clone()), move || {
+            let _ = &held;
+        })
+        .expect("start");
+        tokio::task::yield_now().await;
+        assert_eq!(Arc::strong_count(&token), 2);
+        drop(mon);
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(Arc::strong_count(&token), 1, "the watcher task kept the dropped monitor alive");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -99,7 +99,7 @@ impl Container {
     /// init: its pid, cgroup and stdio.
     pub(super) async fn launch(&self, image: Option<&Path>) -> Result<Option<Exit>> {
         let id = &self.id;
-        let (rio, prepared) = stdio::prepare(&self.init.stdio, self.io_owner(), &self.namespace, id, &self.reaper)?;
+        let (rio, prepared) = stdio::prepare(&self.init.stdio, self.io_owner(), &self.namespace, id, &self.reaper).await?;
         let opts = CreateOpts {
             pid_file: self.bundle.join("init.pid"),
             console_socket: prepared.console.as_ref().map(|c| c.path().to_path_buf()),

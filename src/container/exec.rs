@@ -13,12 +13,16 @@ use crate::stdio::{self, StdioConfig};
 impl Container {
     pub fn add_exec(&self, exec_id: &str, stdio: StdioConfig, spec: Vec<u8>) -> Result<()> {
         crate::tasklist::validate_id("exec id", exec_id)?;
-        serde_json::from_slice::<oci_spec::runtime::Process>(&spec)
-            .map_err(|e| Error::InvalidArgument(format!("exec {exec_id} of task {}: invalid process spec: {e}", self.id)))?;
+        let invalid = |e: serde_json::Error| Error::InvalidArgument(format!("exec {exec_id} of task {}: invalid process spec: {e}", self.id));
+        serde_json::from_slice::<oci_spec::runtime::Process>(&spec).map_err(invalid)?;
+        let spec = with_terminal(&spec, stdio.terminal).map_err(invalid)?;
         stdio::parse_target(&stdio.stdout).and(stdio::parse_target(&stdio.stderr)).map_err(Error::from)?;
         {
+            // An init that died but whose exit is held for a starting exec is
+            // still running to containerd: adding an exec is allowed, starting
+            // it is not (see `start_exec`).
             let st = self.init.lock();
-            if matches!(st.status, Status::Stopped | Status::Deleted) || st.reaped {
+            if matches!(st.status, Status::Stopped | Status::Deleted) {
                 return Err(Error::FailedPrecondition(format!("cannot exec in task {}: it is stopped", self.id)));
             }
         }
@@ -37,15 +41,20 @@ impl Container {
 
     pub(super) async fn start_exec(self: &Arc<Self>, p: &Arc<Process>) -> Result<i32> {
         {
+            // Checked and counted under the gate, so an init exit either
+            // refuses this start or waits for this exec's outcome.
+            let mut gate = lock(&self.gate);
             let mut st = p.lock();
             p.require(&st, &[Status::Created], "start", &self.id)?;
             if st.starting {
                 return Err(Error::FailedPrecondition(format!("{} is already starting", p.describe(&self.id))));
             }
+            if self.init.lock().reaped {
+                return Err(Error::FailedPrecondition(format!("cannot start {}: the init process is not running", p.describe(&self.id))));
+            }
             st.starting = true;
+            gate.running_execs += 1;
         }
-        // Counted before the runtime runs, so an init exit meanwhile waits for this exec.
-        lock(&self.gate).running_execs += 1;
         match self.run_exec(p).await {
             Ok(pid) => {
                 self.publisher.publish(
@@ -69,7 +78,7 @@ impl Container {
         let pid_file = self.bundle.join(format!("{stem}.pid"));
         std::fs::write(&spec_file, &p.spec).map_err(|e| Error::io(format!("write {}", spec_file.display()), e))?;
         let _ = std::fs::remove_file(&pid_file);
-        let (rio, prepared) = stdio::prepare(&p.stdio, self.io_owner(), &self.namespace, &self.id, &self.reaper)?;
+        let (rio, prepared) = stdio::prepare(&p.stdio, self.io_owner(), &self.namespace, &self.id, &self.reaper).await?;
         let sub = self.reaper.subscribe();
         let res = self
             .runtime
@@ -96,5 +105,31 @@ impl Container {
             st.pending_exit = Some(exit);
         }
         Ok(pid)
+    }
+}
+
+/// containerd's Go client asks for a terminal in the request and may send the
+/// container's own process spec, whose `terminal` says otherwise: the request
+/// decides, as with runc-v2. Other fields pass through untouched.
+fn with_terminal(spec: &[u8], terminal: bool) -> serde_json::Result<Vec<u8>> {
+    let mut v: serde_json::Value = serde_json::from_slice(spec)?;
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("terminal".into(), terminal.into());
+    }
+    serde_json::to_vec(&v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_terminal;
+
+    #[test]
+    fn the_request_decides_the_terminal() {
+        let spec = br#"{"terminal":false,"args":["sh"],"cwd":"/","x-unknown":{"kept":1}}"#;
+        let v: serde_json::Value = serde_json::from_slice(&with_terminal(spec, true).expect("json")).expect("json");
+        assert_eq!(v["terminal"], true);
+        assert_eq!(v["x-unknown"]["kept"], 1, "fields Keel does not know pass through");
+        let v: serde_json::Value = serde_json::from_slice(&with_terminal(br#"{"terminal":true,"args":["sh"],"cwd":"/"}"#, false).expect("json")).expect("json");
+        assert_eq!(v["terminal"], false);
     }
 }

@@ -38,24 +38,29 @@ impl Container {
     pub(super) fn handle_exit(self: &Arc<Self>, p: Arc<Process>, exit: Exit) {
         let c = self.clone();
         tokio::spawn(async move {
+            if p.is_init() && !c.own_pid_ns {
+                // Without its own pid namespace the init's death takes nothing
+                // with it: kill the rest before anything is reported (and
+                // before draining, as they may hold the output open), like
+                // runc-v2's ShouldKillAllOnExit.
+                if let Err(e) = c.runtime.kill(&c.id, libc::SIGKILL as u32, true).await {
+                    log::warn!("task {}: kill the processes its init left: {e}", c.id);
+                }
+            }
             // Output written before the exit reaches containerd before the exit does.
             p.drain_io().await;
             if p.is_init() {
-                let hold = {
+                let held = {
                     let mut gate = lock(&c.gate);
-                    if gate.running_execs > 0 {
+                    let hold = gate.running_execs > 0;
+                    if hold {
                         gate.held_init = Some(exit);
                     }
-                    gate.running_execs > 0
+                    hold
                 };
-                if hold {
-                    if !c.own_pid_ns {
-                        // Sharing a pid namespace, execs outlive the init; runc-v2 kills them.
-                        let _ = c.runtime.kill(&c.id, libc::SIGKILL as u32, true).await;
-                    }
-                    return;
+                if !held {
+                    c.publish_exit(&p, exit);
                 }
-                c.publish_exit(&p, exit);
             } else {
                 c.publish_exit(&p, exit);
                 c.exec_finished();

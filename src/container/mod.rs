@@ -164,7 +164,7 @@ impl Container {
         };
         if p.is_init() {
             return self.runtime.kill(&self.id, signal, all).await.map_err(|e| {
-                if e.code() == containerd_shim_protos::ttrpc::Code::NOT_FOUND {
+                if e.already_gone() {
                     Error::NotFound(format!("task {}: process already finished", self.id))
                 } else {
                     e.into()

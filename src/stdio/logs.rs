@@ -11,6 +11,9 @@ use std::process::Command;
 use nix::fcntl::{fcntl, FcntlArg};
 
 use super::{cloexec_pipe, Result, StdioError};
+
+/// How long a `binary://` logger may take to say it is ready (runc-v2 waits as long).
+const LOGGER_READY_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::reaper::Reaper;
 
 pub(super) fn open_log_file(path: &Path) -> Result<std::fs::File> {
@@ -28,7 +31,7 @@ pub(super) fn open_log_file(path: &Path) -> Result<std::fs::File> {
 
 /// Starts a `binary://` logger: fd 3 and 4 carry the container's stdout and
 /// stderr, and the logger closes fd 5 once it is ready to read them.
-pub(super) fn start_logger(path: &Path, args: &[String], namespace: &str, id: &str, out_r: OwnedFd, err_r: OwnedFd, reaper: &Reaper) -> Result<()> {
+pub(super) async fn start_logger(path: &Path, args: &[String], namespace: &str, id: &str, out_r: OwnedFd, err_r: OwnedFd, reaper: &Reaper) -> Result<()> {
     let fail = |reason: String| StdioError::Logger { binary: path.display().to_string(), reason };
     let (ready_r, ready_w) = cloexec_pipe()?;
     // Moved above fd 5 first, so dup2 onto 3..5 never hits one of its sources.
@@ -62,12 +65,22 @@ pub(super) fn start_logger(path: &Path, args: &[String], namespace: &str, id: &s
     drop(ready_w);
     drop(out_r);
     drop(err_r);
-    // The logger signals readiness by closing fd 5: wait for EOF, briefly.
-    let mut buf = [0u8; 1];
-    let _ = nix::poll::poll(
-        &mut [nix::poll::PollFd::new(ready_r.as_fd(), nix::poll::PollFlags::POLLIN)],
-        nix::poll::PollTimeout::from(10_000u16),
-    );
-    let _ = nix::unistd::read(&ready_r, &mut buf);
+    // The logger signals readiness by closing fd 5. Waited for on the event
+    // loop: a slow logger must not stall the shim's other containers.
+    let ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r).map_err(|e| fail(format!("readiness pipe: {e}")))?;
+    let mut buf = [0u8; 64];
+    let wait = async {
+        use tokio::io::AsyncReadExt;
+        let mut ready = ready;
+        // EOF (or an error) ends the wait; bytes written before it are ignored.
+        while let Ok(n) = ready.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    if tokio::time::timeout(LOGGER_READY_LIMIT, wait).await.is_err() {
+        log::warn!("task {id}: logging binary {} did not close its readiness fd within {}s; starting anyway", path.display(), LOGGER_READY_LIMIT.as_secs());
+    }
     Ok(())
 }

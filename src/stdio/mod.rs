@@ -98,8 +98,8 @@ pub struct Prepared {
 
 /// Builds the runtime's stdio for `cfg`. `id` and `namespace` are handed to a
 /// logging binary.
-pub fn prepare(cfg: &StdioConfig, owner: IoOwner, namespace: &str, id: &str, reaper: &Reaper) -> Result<(RuntimeIo, Prepared)> {
-    let (rio, p) = prepare_ends(cfg, namespace, id, reaper)?;
+pub async fn prepare(cfg: &StdioConfig, owner: IoOwner, namespace: &str, id: &str, reaper: &Reaper) -> Result<(RuntimeIo, Prepared)> {
+    let (rio, p) = prepare_ends(cfg, namespace, id, reaper).await?;
     if owner != IoOwner::default() {
         for fd in [&rio.stdin, &rio.stdout, &rio.stderr].into_iter().flatten() {
             nix::unistd::fchown(fd, Some(owner.uid.into()), Some(owner.gid.into()))
@@ -109,7 +109,7 @@ pub fn prepare(cfg: &StdioConfig, owner: IoOwner, namespace: &str, id: &str, rea
     Ok((rio, p))
 }
 
-fn prepare_ends(cfg: &StdioConfig, namespace: &str, id: &str, reaper: &Reaper) -> Result<(RuntimeIo, Prepared)> {
+async fn prepare_ends(cfg: &StdioConfig, namespace: &str, id: &str, reaper: &Reaper) -> Result<(RuntimeIo, Prepared)> {
     let mut rio = RuntimeIo::default();
     let mut p = Prepared { cfg: cfg.clone(), stdin_w: None, stdout_r: None, stderr_r: None, console: None };
     let stdout = parse_target(&cfg.stdout)?;
@@ -136,7 +136,7 @@ fn prepare_ends(cfg: &StdioConfig, namespace: &str, id: &str, reaper: &Reaper) -
         (Target::Binary { path, args }, _) => {
             let (out_r, out_w) = cloexec_pipe()?;
             let (err_r, err_w) = cloexec_pipe()?;
-            logs::start_logger(path, args, namespace, id, out_r, err_r, reaper)?;
+            logs::start_logger(path, args, namespace, id, out_r, err_r, reaper).await?;
             rio.stdout = Some(out_w);
             rio.stderr = Some(err_w);
             return Ok((rio, p));

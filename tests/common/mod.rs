@@ -66,6 +66,7 @@ pub fn direct<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+pub mod api;
 pub mod control;
 pub mod scenario;
 pub mod production;
