@@ -148,8 +148,10 @@ impl Container {
 
     pub async fn kill(&self, exec_id: &str, signal: u32, all: bool) -> Result<()> {
         let p = self.process(exec_id)?;
-        if signal == 0 || signal > 64 {
-            return Err(Error::InvalidArgument(format!("{}: signal {signal} is out of range (1-64)", p.describe(&self.id))));
+        // Signal 0 is a liveness probe: OK while the process lives, NotFound
+        // after (runc-v2 passes it to the runtime the same way).
+        if signal > 64 {
+            return Err(Error::InvalidArgument(format!("{}: signal {signal} is out of range (0-64)", p.describe(&self.id))));
         }
         let (pid, pidfd) = {
             let st = p.lock();

@@ -7,7 +7,8 @@ use super::production::block_on;
 use super::*;
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
-    DeleteProcessRequest, ExecProcessRequest, GetRequest, KillRequest, StartRequest,
+    CreateTaskRequest, DeleteProcessRequest, ExecProcessRequest, GetRequest, KillRequest,
+    ResizePtyRequest, StartRequest,
 };
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{Code, Request};
@@ -143,6 +144,37 @@ impl Api<'_> {
         with_tasks(self.cd, Duration::from_secs(30), |mut t| async move {
             let r = t.delete_process(containerd_client::with_namespace!(req, ns)).await.map_err(status)?;
             Ok(r.into_inner().exit_status)
+        })
+    }
+
+    /// Tasks.Create for an existing container (`ctr container create`), with
+    /// `stdout` as its only stdio: the init's pid.
+    pub fn create_task(&self, id: &str, stdout: &str, terminal: bool) -> ApiResult<u32> {
+        let req = CreateTaskRequest {
+            container_id: id.into(),
+            stdout: stdout.into(),
+            terminal,
+            ..Default::default()
+        };
+        let ns = self.ns();
+        with_tasks(self.cd, Duration::from_secs(60), |mut t| async move {
+            let r = t.create(containerd_client::with_namespace!(req, ns)).await.map_err(status)?;
+            Ok(r.into_inner().pid)
+        })
+    }
+
+    /// Tasks.ResizePty.
+    pub fn resize(&self, id: &str, exec_id: &str, width: u32, height: u32) -> ApiResult<()> {
+        let req = ResizePtyRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            width,
+            height,
+        };
+        let ns = self.ns();
+        with_tasks(self.cd, Duration::from_secs(20), |mut t| async move {
+            t.resize_pty(containerd_client::with_namespace!(req, ns)).await.map_err(status)?;
+            Ok(())
         })
     }
 }
