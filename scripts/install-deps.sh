@@ -2,6 +2,7 @@
 # Installs everything Keel's demo, tests and benchmark need on a fresh Debian
 # bookworm machine, idempotently:
 #   - bookworm packages: containerd 1.6, runc, crun, busybox-static, tools;
+#   - cargo-deb, for the Debian package;
 #   - containerd 2.x from Debian sid, unpacked (not installed) into
 #     $KEEL_PREFIX/containerd2 with `dpkg -x`, so it never replaces the system's.
 # Nothing here starts a daemon.
@@ -36,6 +37,12 @@ if [ ! -x "$c2/usr/bin/containerd" ]; then
     rm -rf "$c2.tmp" && mkdir -p "$c2.tmp"
     dpkg -x "$apt_dir"/debs/containerd_*.deb "$c2.tmp"
     rm -rf "$c2" && mv "$c2.tmp" "$c2"
+fi
+# cargo-deb makes the Debian package (scripts/package.sh).
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! cargo deb --version >/dev/null 2>&1; then
+    echo "install-deps: cargo install cargo-deb"
+    cargo install --locked --quiet cargo-deb
 fi
 "$c2/usr/bin/containerd" --version
 containerd --version

@@ -8,6 +8,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 bash scripts/install-deps.sh
 bash scripts/make-rootfs.sh >/dev/null
+# The Debian package that tests/package.rs inspects and installs.
+bash scripts/package.sh >/dev/null
 # CRIU for the real checkpoint/restore tests; without it they skip, loudly.
 bash scripts/install-criu.sh >/dev/null || echo "test.sh: CRIU unavailable: checkpoint/restore tests will skip" >&2
 # Two at a time: the machine has two cores, and every test drives real containers.
