@@ -15,8 +15,9 @@
 //!   runtime after the init died is NotFound (containerd and the CRI plugin
 //!   take that as done), never FailedPrecondition.
 //! - kill_signal_zero_probes: signal 0 is a liveness probe (OK, then NotFound).
-//! - resize_before_start, missing_binaries: containerd's TestTaskResize,
-//!   TestRegressionIssue6429 and TestContainerExecNoBinaryExists.
+//! - resize_before_start, missing_binaries, deleted_by_the_runtime:
+//!   containerd's TestTaskResize, TestRegressionIssue6429,
+//!   TestContainerExecNoBinaryExists and TestKillContainerDeletedByRunc.
 //! - host_pid_init_exit_kills_the_rest: a container in the host's pid
 //!   namespace leaves nothing running once its exit is published.
 //! - slow_logger_does_not_stall_the_pod: a `binary://` logger that takes 3 s
@@ -358,6 +359,31 @@ fn missing_binaries(line: Line, rt: &'static str) {
     r.kill_delete(&id);
 }
 
+/// The container deleted behind the shim's back with `runc delete --force`
+/// (containerd's TestKillContainerDeletedByRunc): Wait returns within 2 s and a
+/// Kill then is NotFound.
+fn deleted_by_the_runtime(line: Line, rt: &'static str) {
+    let r = Rig::for_runtime(line, rt);
+    let api = Api { cd: &r.cd };
+    let id = r.sleeper("rtdel");
+    let root = Path::new(RUNC_DEFAULT_ROOT).join(&r.cd.ns);
+    let o = run_cmd(
+        {
+            let mut c = std::process::Command::new("/usr/sbin/runc");
+            c.arg("--root").arg(&root).args(["delete", "--force", &id]);
+            c
+        },
+        None,
+        Duration::from_secs(20),
+    );
+    assert!(o.ok(), "{} runc delete --force {id}: {}", r.tag, o.describe());
+    let waited = api_task_wait(&r.cd, &r.cd.ns, &id, "", Duration::from_secs(2));
+    assert_eq!(waited, Ok(137), "{} Wait after the runtime deleted {id}", r.tag);
+    let k = api.kill(&id, "", libc::SIGKILL as u32, false);
+    assert!(matches!(&k, Err(e) if e.code == Code::NotFound), "{} kill after the runtime deleted {id}: {k:?}", r.tag);
+    r.delete_ok(&id);
+}
+
 /// A distinctive `sleep` argument, to find the process on the host.
 fn marker_secs() -> u64 {
     4_000_000 + (std::process::id() as u64 % 1000) * 1000 + (unique("m").rsplit('-').next().unwrap().parse::<u64>().unwrap() % 1000)
@@ -507,6 +533,7 @@ scenarios!(
         kill_signal_zero_probes,
         resize_before_start,
         missing_binaries,
+        deleted_by_the_runtime,
         host_pid_init_exit_kills_the_rest,
         slow_logger_does_not_stall_the_pod,
         concurrent_creates_of_one_id,
