@@ -3,6 +3,7 @@
 
 use containerd_shim_protos::ttrpc::{self, Code};
 
+use crate::cgroups::SetupError;
 use crate::runtime::RuntimeError;
 use crate::stdio::StdioError;
 
@@ -26,6 +27,8 @@ pub enum Error {
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Stdio(#[from] StdioError),
+    #[error(transparent)]
+    CgroupSetup(#[from] SetupError),
     #[error("{0}")]
     Internal(String),
 }
@@ -47,6 +50,8 @@ impl Error {
             Error::Unavailable(_) => Code::UNAVAILABLE,
             Error::Runtime(e) => e.code(),
             Error::Stdio(e) => e.code(),
+            Error::CgroupSetup(SetupError::NoSystemd { .. }) => Code::FAILED_PRECONDITION,
+            Error::CgroupSetup(SetupError::SystemdPath { .. }) => Code::INVALID_ARGUMENT,
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Code::NOT_FOUND,
             Error::Io { .. } | Error::Internal(_) => Code::INTERNAL,
         }

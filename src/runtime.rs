@@ -4,6 +4,7 @@
 //! steals a runtime command's exit status; no lock of the caller is held here.
 
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -25,8 +26,16 @@ fn configured_timeout() -> Duration {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("OCI runtime binary {binary:?} not found: {source}")]
-    Missing { binary: String, source: std::io::Error },
+    #[error("container {id}: OCI runtime binary {binary:?} not found: {source}")]
+    Missing { binary: String, id: String, source: std::io::Error },
+    #[error("container {id}: OCI runtime binary {binary:?} not found in PATH {search:?}")]
+    NotInPath { binary: String, id: String, search: String },
+    #[error("container {id}: OCI runtime binary {}: {source}", path.display())]
+    Unreadable { path: PathBuf, id: String, source: std::io::Error },
+    #[error("container {id}: OCI runtime binary {} is not executable: {why}", path.display())]
+    NotExecutable { path: PathBuf, id: String, why: String },
+    #[error("container {id}: runtime root {} cannot be created: {source}", path.display())]
+    Root { path: PathBuf, id: String, source: std::io::Error },
     #[error("failed to run OCI runtime {binary:?}: {source}")]
     Spawn { binary: String, source: std::io::Error },
     #[error("{binary} {op} {id} failed: {message}")]
@@ -43,7 +52,11 @@ impl RuntimeError {
     /// else the runtime says is `Unknown`, as runc-v2 passes it on.
     pub fn code(&self) -> Code {
         match self {
-            RuntimeError::Missing { .. } => Code::FAILED_PRECONDITION,
+            RuntimeError::Missing { .. }
+            | RuntimeError::NotInPath { .. }
+            | RuntimeError::Unreadable { .. }
+            | RuntimeError::NotExecutable { .. }
+            | RuntimeError::Root { .. } => Code::FAILED_PRECONDITION,
             RuntimeError::Timeout { .. } => Code::DEADLINE_EXCEEDED,
             RuntimeError::Failed { op, message, .. } => failure_code(op, message),
             RuntimeError::Spawn { .. } | RuntimeError::Output { .. } => Code::INTERNAL,
@@ -118,6 +131,19 @@ impl Runtime {
         }
     }
 
+    /// What every runtime call needs, checked before the first one (Create):
+    /// a node set up wrong gets an answer naming the path and the cause, not
+    /// what a failed exec or the runtime's own mkdir happens to say.
+    pub fn preflight(&self, id: &str) -> Result<()> {
+        find_binary(&self.binary, std::env::var_os("PATH").as_deref(), id)?;
+        // runc makes its root with 0700 too; making it here tells why it can't be.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .map_err(|source| RuntimeError::Root { path: self.root.clone(), id: id.into(), source })
+    }
+
     fn command(&self, op: &str) -> Command {
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--root").arg(&self.root).arg("--log").arg(&self.log).args(["--log-format", "json"]);
@@ -143,7 +169,7 @@ impl Runtime {
         log::debug!("runtime: {:?}", cmd);
         let (mut child, exited) = self.reaper.spawn(&mut cmd).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
-                RuntimeError::Missing { binary: self.binary.clone(), source }
+                RuntimeError::Missing { binary: self.binary.clone(), id: id.into(), source }
             } else {
                 RuntimeError::Spawn { binary: self.binary.clone(), source }
             }
@@ -287,6 +313,40 @@ impl Runtime {
     }
 }
 
+/// Where `binary` runs from, as execvp would find it: a name with a slash is
+/// a path; a bare name is looked up in `search` (glibc's default when unset).
+fn find_binary(binary: &str, search: Option<&std::ffi::OsStr>, id: &str) -> Result<PathBuf> {
+    if binary.contains('/') {
+        return executable(Path::new(binary), id);
+    }
+    let search = search.unwrap_or(std::ffi::OsStr::new("/bin:/usr/bin"));
+    let mut refused = None;
+    for dir in std::env::split_paths(search) {
+        let candidate = dir.join(binary);
+        if candidate.exists() {
+            match executable(&candidate, id) {
+                Ok(p) => return Ok(p),
+                // execvp too goes on past a file it may not run, and reports it if nothing else is found.
+                Err(e) => refused = refused.or(Some(e)),
+            }
+        }
+    }
+    Err(refused.unwrap_or_else(|| RuntimeError::NotInPath { binary: binary.into(), id: id.into(), search: search.to_string_lossy().into_owned() }))
+}
+
+fn executable(path: &Path, id: &str) -> Result<PathBuf> {
+    let meta = std::fs::metadata(path).map_err(|source| RuntimeError::Unreadable { path: path.into(), id: id.into(), source })?;
+    let refuse = |why: String| Err(RuntimeError::NotExecutable { path: path.into(), id: id.into(), why });
+    if !meta.is_file() {
+        return refuse("not a regular file".into());
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o111 == 0 {
+        return refuse(format!("mode {:04o} has no execute bit", mode & 0o7777));
+    }
+    Ok(path.to_path_buf())
+}
+
 async fn read_all(fd: Option<OwnedFd>) -> Vec<u8> {
     let mut buf = Vec::new();
     if let Some(fd) = fd {
@@ -348,6 +408,33 @@ mod tests {
         assert_eq!(failed("exec", "cannot exec in a stopped container: container not running").code(), Code::UNKNOWN);
         assert_eq!(failed("pause", "container \"c\" does not exist").code(), Code::UNKNOWN);
         assert_eq!(failed("start", "boom").code(), Code::UNKNOWN);
+    }
+
+    #[test]
+    fn a_runtime_binary_is_found_as_execvp_would() {
+        let dir = std::env::temp_dir().join(format!("keel-bin-{}", std::process::id()));
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        std::fs::create_dir_all(&a).expect("dir a");
+        std::fs::create_dir_all(&b).expect("dir b");
+        let write = |p: &Path, mode: u32| {
+            std::fs::write(p, "#!/bin/sh\n").expect("write");
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        };
+        write(&a.join("rt"), 0o644);
+        write(&b.join("rt"), 0o755);
+        let search = std::env::join_paths([&a, &b]).expect("join");
+        // A file without an execute bit is passed over for the next one.
+        assert_eq!(find_binary("rt", Some(&search), "c").expect("found"), b.join("rt"));
+        // Alone, it is the answer, with its mode.
+        let only_a = a.clone().into_os_string();
+        let e = find_binary("rt", Some(&only_a), "c").expect_err("not executable");
+        assert!(matches!(e, RuntimeError::NotExecutable { .. }), "{e}");
+        assert!(e.to_string().contains("mode 0644"), "{e}");
+        assert!(matches!(find_binary("nope", Some(&search), "c"), Err(RuntimeError::NotInPath { .. })));
+        assert!(matches!(find_binary(&a.display().to_string(), None, "c"), Err(RuntimeError::NotExecutable { .. })));
+        let e = find_binary(&dir.join("gone/rt").display().to_string(), None, "c").expect_err("missing");
+        assert!(matches!(e, RuntimeError::Unreadable { .. }) && e.code() == Code::FAILED_PRECONDITION, "{e}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -169,8 +169,13 @@ impl Service {
 impl Task for Service {
     async fn create(&self, ctx: &TtrpcContext, req: CreateTaskRequest) -> ttrpc::Result<CreateTaskResponse> {
         self.asked_to_create.store(true, std::sync::atomic::Ordering::Relaxed);
-        let what = format!("create {}", req.id);
-        reply(&what, self.do_create(ctx, req).await)
+        let id = req.id.clone();
+        self.do_create(ctx, req).await.map_err(|e| {
+            // Often the node's setup (runtime binary, root, cgroup driver)
+            // rather than the request: containerd's log gets it, once.
+            log::error!("create {id} failed: {e}");
+            e.into()
+        })
     }
 
     async fn start(&self, ctx: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {

@@ -88,9 +88,50 @@ impl Cgroup {
 
 }
 
+/// systemd's own test for "booted with systemd" (sd_booted).
+pub const SYSTEMD_MARKER: &str = "/run/systemd/system";
+
+/// A cgroup setup the runtime would refuse, found before it is asked.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("container {id}: SystemdCgroup is set, but systemd is not running on this host ({} does not exist); set SystemdCgroup = false or run on a systemd host", marker.display())]
+    NoSystemd { id: String, marker: PathBuf },
+    #[error("container {id}: cgroupsPath {path:?} is not \"slice:prefix:name\", which the systemd cgroup driver (SystemdCgroup = true) needs")]
+    SystemdPath { id: String, path: String },
+}
+
+/// Checks that the cgroup driver the options ask for can place `cgroups_path`
+/// here. `marker` is [`SYSTEMD_MARKER`] but for tests.
+pub fn check_driver(id: &str, systemd: bool, cgroups_path: Option<&str>, marker: &Path) -> Result<(), SetupError> {
+    if !systemd {
+        return Ok(());
+    }
+    if !marker.is_dir() {
+        return Err(SetupError::NoSystemd { id: id.into(), marker: marker.into() });
+    }
+    match cgroups_path {
+        Some(p) if !p.is_empty() && p.split(':').count() != 3 => Err(SetupError::SystemdPath { id: id.into(), path: p.into() }),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_systemd_driver_needs_systemd_and_its_path_form() {
+        let dir = std::env::temp_dir().join(format!("keel-sd-{}", std::process::id()));
+        let marker = dir.join("run/systemd/system");
+        let e = check_driver("c1", true, Some("/k8s/c1"), &marker).expect_err("no systemd");
+        assert!(matches!(e, SetupError::NoSystemd { .. }) && e.to_string().contains("container c1"), "{e}");
+        assert!(check_driver("c1", false, Some("/k8s/c1"), &marker).is_ok(), "cgroupfs needs nothing of systemd");
+        std::fs::create_dir_all(&marker).expect("marker");
+        assert!(matches!(check_driver("c1", true, Some("/k8s/c1"), &marker), Err(SetupError::SystemdPath { .. })));
+        assert!(check_driver("c1", true, Some("system.slice:keel:c1"), &marker).is_ok());
+        assert!(check_driver("c1", true, None, &marker).is_ok(), "runc picks a default path");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     const HYBRID_MOUNTS: &str = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
 32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu

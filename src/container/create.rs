@@ -52,6 +52,12 @@ impl Container {
             return Err(Error::InvalidArgument(format!("container {id}: bundle path {:?} is not absolute", req.bundle)));
         }
         let spec = load_spec(&req.bundle, id)?;
+        let root = if req.options.root.is_empty() { PathBuf::from(DEFAULT_ROOT) } else { PathBuf::from(&req.options.root) };
+        let runtime = Runtime::new(&req.options.binary_name, &root.join(&req.namespace), &req.bundle, req.options.systemd_cgroup, reaper.clone());
+        // Before anything is mounted or started, so a refusal leaves nothing to undo.
+        runtime.preflight(id)?;
+        let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().as_ref()).map(|p| p.to_string_lossy().into_owned());
+        crate::cgroups::check_driver(id, req.options.systemd_cgroup, cgroups_path.as_deref(), Path::new(crate::cgroups::SYSTEMD_MARKER))?;
         let rootfs = req.bundle.join("rootfs");
         if !req.rootfs.is_empty() {
             std::fs::create_dir_all(&rootfs).map_err(|e| Error::io(format!("container {id}: create {}", rootfs.display()), e))?;
@@ -63,8 +69,6 @@ impl Container {
                 return Err(Error::NotFound(format!("container {id}: rootfs {} does not exist", root.display())));
             }
         }
-        let root = if req.options.root.is_empty() { PathBuf::from(DEFAULT_ROOT) } else { PathBuf::from(&req.options.root) };
-        let runtime = Runtime::new(&req.options.binary_name, &root.join(&req.namespace), &req.bundle, req.options.systemd_cgroup, reaper.clone());
         let container = Arc::new_cyclic(|me| Container {
             me: me.clone(),
             id: id.clone(),
