@@ -20,3 +20,4 @@ pub mod serve;
 pub mod service;
 pub mod stdio;
 pub mod tasklist;
+pub mod wiring;

@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 const SHIM: &str = "containerd-shim-keel-v1";
+const WIRE: &str = "keel-containerd";
 
 fn deb() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -61,6 +62,7 @@ fn package_contents_and_control_fields() {
     let listing = run(Command::new("dpkg-deb").arg("-c").arg(&deb)).out();
     for (mode, path) in [
         ("-rwxr-xr-x", "./usr/bin/containerd-shim-keel-v1"),
+        ("-rwxr-xr-x", "./usr/bin/keel-containerd"),
         ("-rw-r--r--", "./usr/share/doc/keel/README.md"),
         ("-rw-r--r--", "./usr/share/doc/keel/copyright"),
         ("-rw-r--r--", "./usr/share/doc/keel/examples/keel.toml"),
@@ -78,17 +80,18 @@ fn package_contents_and_control_fields() {
     let copyright = run(Command::new("dpkg-deb").arg("--fsys-tarfile").arg(&deb)).out();
     assert!(copyright.contains("Apache License"), "the license travels with the package");
 
-    // The packaged binary is the one this test run built, and it is static.
+    // The packaged binaries are the ones this test run built, and they are static.
     let scratch = ScratchRoot::new();
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&scratch.0));
-    let packaged = fs::read(scratch.0.join("usr/bin").join(SHIM)).unwrap();
-    let built = fs::read(env!("CARGO_BIN_EXE_containerd-shim-keel-v1")).unwrap();
-    assert!(packaged == built, "the package holds another build than this one: run scripts/package.sh");
-    let mut ldd = Command::new("ldd");
-    ldd.arg(scratch.0.join("usr/bin").join(SHIM));
-    let ldd = run_cmd(ldd, None, Duration::from_secs(20));
-    let said = format!("{}{}", ldd.out(), ldd.err());
-    assert!(said.contains("not a dynamic executable") || said.contains("statically linked"), "ldd: {said}");
+    for (name, built) in [(SHIM, env!("CARGO_BIN_EXE_containerd-shim-keel-v1")), (WIRE, env!("CARGO_BIN_EXE_keel-containerd"))] {
+        let packaged = fs::read(scratch.0.join("usr/bin").join(name)).unwrap();
+        assert!(packaged == fs::read(built).unwrap(), "the package holds another build of {name} than this one: run scripts/package.sh");
+        let mut ldd = Command::new("ldd");
+        ldd.arg(scratch.0.join("usr/bin").join(name));
+        let ldd = run_cmd(ldd, None, Duration::from_secs(20));
+        let said = format!("{}{}", ldd.out(), ldd.err());
+        assert!(said.contains("not a dynamic executable") || said.contains("statically linked"), "ldd {name}: {said}");
+    }
 }
 
 /// dpkg installs the package into a scratch root; containerd runs containers
@@ -103,6 +106,8 @@ fn installed_package_runs_containers(line: Line) {
     let installed = root.0.join("usr/bin").join(SHIM);
     let v = run(Command::new(&installed).arg("-v")).out();
     assert!(v.contains(env!("CARGO_PKG_VERSION")) && v.contains("io.containerd.keel.v1"), "-v: {v}");
+    let help = run(Command::new(root.0.join("usr/bin").join(WIRE)).arg("--help")).out();
+    assert!(help.contains("keel-containerd wire|unwire|status"), "{WIRE} --help: {help}");
 
     let r = Rig::new(line);
     // containerd finds the shim on its PATH: point that entry at the installed
@@ -124,6 +129,7 @@ fn installed_package_runs_containers(line: Line) {
 
     root.dpkg(&["--purge", "keel"]);
     assert!(!installed.exists(), "purge leaves {}", installed.display());
+    assert!(!root.0.join("usr/bin").join(WIRE).exists(), "purge leaves {WIRE}");
     assert!(!root.0.join("usr/share/doc/keel").exists(), "purge leaves the docs");
 }
 
