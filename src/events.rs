@@ -143,6 +143,36 @@ async fn forward(address: String, mut rx: mpsc::UnboundedReceiver<Item>) {
     }
 }
 
+/// A publisher whose events stay in memory, for the container core's unit tests.
+#[cfg(test)]
+pub(crate) mod recording {
+    use super::*;
+
+    pub struct Recorded(mpsc::UnboundedReceiver<Item>);
+
+    pub fn publisher() -> (Publisher, Recorded) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Publisher { tx }, Recorded(rx))
+    }
+
+    impl Recorded {
+        /// Topics published since the last call; an exit as "/tasks/exit ID STATUS".
+        pub fn take(&mut self) -> Vec<String> {
+            let mut out = Vec::new();
+            while let Ok(item) = self.0.try_recv() {
+                let Item::Event(env) = item else { continue };
+                if env.topic == TaskExit::TOPIC {
+                    let exit = TaskExit::parse_from_bytes(&env.event.value).unwrap_or_default();
+                    out.push(format!("{} {} {}", env.topic, exit.id, exit.exit_status));
+                } else {
+                    out.push(env.topic.clone());
+                }
+            }
+            out
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

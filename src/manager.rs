@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::events::timestamp;
 use crate::options::RuntimeOptions;
 use crate::reaper::Reaper;
-use crate::runtime::{Runtime, DEFAULT_ROOT};
+use crate::runtime::{OciRuntime, Runtime, DEFAULT_ROOT};
 
 const SOCKET_DIR: &str = "/run/containerd/s";
 pub const TTRPC_ADDRESS: &str = "TTRPC_ADDRESS";

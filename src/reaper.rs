@@ -151,7 +151,9 @@ impl Reaper {
         }
     }
 
-    fn route(&self, exit: Exit) {
+    /// Hands one collected exit to whoever waits for it (`reap_all`; tests
+    /// of the container core call it to make a process exit at a chosen point).
+    pub(crate) fn route(&self, exit: Exit) {
         let mut inner = self.lock();
         if let Some(tx) = inner.commands.remove(&exit.pid) {
             let _ = tx.send(exit.status);

@@ -131,19 +131,6 @@ impl Runtime {
         }
     }
 
-    /// What every runtime call needs, checked before the first one (Create):
-    /// a node set up wrong gets an answer naming the path and the cause, not
-    /// what a failed exec or the runtime's own mkdir happens to say.
-    pub fn preflight(&self, id: &str) -> Result<()> {
-        find_binary(&self.binary, std::env::var_os("PATH").as_deref(), id)?;
-        // runc makes its root with 0700 too; making it here tells why it can't be.
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.root)
-            .map_err(|source| RuntimeError::Root { path: self.root.clone(), id: id.into(), source })
-    }
-
     fn command(&self, op: &str) -> Command {
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--root").arg(&self.root).arg("--log").arg(&self.log).args(["--log-format", "json"]);
@@ -208,7 +195,48 @@ impl Runtime {
         Err(RuntimeError::Failed { binary: self.binary.clone(), op, id: id.into(), message })
     }
 
-    pub async fn create(&self, id: &str, bundle: &Path, opts: &CreateOpts, io: RuntimeIo) -> Result<()> {
+    /// A command that takes only the container id.
+    async fn plain(&self, op: &'static str, id: &str) -> Result<()> {
+        let mut cmd = self.command(op);
+        cmd.arg(id);
+        self.run(op, id, cmd, None).await.map(drop)
+    }
+}
+
+/// The OCI runtime as the container core sees it: one method per runtime
+/// command. [`Runtime`] drives runc or crun; unit tests of `container`
+/// script one, so exit ordering is tested without containerd or root.
+#[async_trait::async_trait]
+pub trait OciRuntime: Send + Sync {
+    /// What every call needs, checked before the first one (Create).
+    fn preflight(&self, id: &str) -> Result<()>;
+    async fn create(&self, id: &str, bundle: &Path, opts: &CreateOpts, io: RuntimeIo) -> Result<()>;
+    async fn start(&self, id: &str) -> Result<()>;
+    async fn exec(&self, id: &str, process_json: &Path, pid_file: &Path, console_socket: Option<&Path>, io: RuntimeIo) -> Result<()>;
+    async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()>;
+    /// Already gone counts as done.
+    async fn delete(&self, id: &str, force: bool) -> Result<()>;
+    async fn pause(&self, id: &str) -> Result<()>;
+    async fn resume(&self, id: &str) -> Result<()>;
+    /// `resources_file` holds the OCI LinuxResources JSON.
+    async fn update(&self, id: &str, resources_file: &Path) -> Result<()>;
+    async fn checkpoint(&self, id: &str, args: &[String]) -> Result<()>;
+    async fn ps(&self, id: &str) -> Result<Vec<i32>>;
+}
+
+#[async_trait::async_trait]
+impl OciRuntime for Runtime {
+    fn preflight(&self, id: &str) -> Result<()> {
+        find_binary(&self.binary, std::env::var_os("PATH").as_deref(), id)?;
+        // runc makes its root with 0700 too; making it here tells why it can't be.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .map_err(|source| RuntimeError::Root { path: self.root.clone(), id: id.into(), source })
+    }
+
+    async fn create(&self, id: &str, bundle: &Path, opts: &CreateOpts, io: RuntimeIo) -> Result<()> {
         let op = if opts.restore_from.is_some() { "restore" } else { "create" };
         let mut cmd = self.command(op);
         cmd.arg("--bundle").arg(bundle).arg("--pid-file").arg(&opts.pid_file);
@@ -232,13 +260,11 @@ impl Runtime {
         self.run(op, id, cmd, Some(io)).await.map(drop)
     }
 
-    pub async fn start(&self, id: &str) -> Result<()> {
-        let mut cmd = self.command("start");
-        cmd.arg(id);
-        self.run("start", id, cmd, None).await.map(drop)
+    async fn start(&self, id: &str) -> Result<()> {
+        self.plain("start", id).await
     }
 
-    pub async fn exec(&self, id: &str, process_json: &Path, pid_file: &Path, console_socket: Option<&Path>, io: RuntimeIo) -> Result<()> {
+    async fn exec(&self, id: &str, process_json: &Path, pid_file: &Path, console_socket: Option<&Path>, io: RuntimeIo) -> Result<()> {
         let mut cmd = self.command("exec");
         cmd.arg("--detach").arg("--process").arg(process_json).arg("--pid-file").arg(pid_file);
         if let Some(sock) = console_socket {
@@ -248,7 +274,7 @@ impl Runtime {
         self.run("exec", id, cmd, Some(io)).await.map(drop)
     }
 
-    pub async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
+    async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
         let mut cmd = self.command("kill");
         if all {
             cmd.arg("--all");
@@ -257,7 +283,7 @@ impl Runtime {
         self.run("kill", id, cmd, None).await.map(drop)
     }
 
-    pub async fn delete(&self, id: &str, force: bool) -> Result<()> {
+    async fn delete(&self, id: &str, force: bool) -> Result<()> {
         let mut cmd = self.command("delete");
         if force {
             cmd.arg("--force");
@@ -270,32 +296,28 @@ impl Runtime {
         }
     }
 
-    pub async fn pause(&self, id: &str) -> Result<()> {
-        let mut cmd = self.command("pause");
-        cmd.arg(id);
-        self.run("pause", id, cmd, None).await.map(drop)
+    async fn pause(&self, id: &str) -> Result<()> {
+        self.plain("pause", id).await
     }
 
-    pub async fn resume(&self, id: &str) -> Result<()> {
-        let mut cmd = self.command("resume");
-        cmd.arg(id);
-        self.run("resume", id, cmd, None).await.map(drop)
+    async fn resume(&self, id: &str) -> Result<()> {
+        self.plain("resume", id).await
     }
 
     /// `resources_file` holds the OCI LinuxResources JSON.
-    pub async fn update(&self, id: &str, resources_file: &Path) -> Result<()> {
+    async fn update(&self, id: &str, resources_file: &Path) -> Result<()> {
         let mut cmd = self.command("update");
         cmd.arg("--resources").arg(resources_file).arg(id);
         self.run("update", id, cmd, None).await.map(drop)
     }
 
-    pub async fn checkpoint(&self, id: &str, args: &[String]) -> Result<()> {
+    async fn checkpoint(&self, id: &str, args: &[String]) -> Result<()> {
         let mut cmd = self.command("checkpoint");
         cmd.args(args).arg(id);
         self.run("checkpoint", id, cmd, None).await.map(drop)
     }
 
-    pub async fn ps(&self, id: &str) -> Result<Vec<i32>> {
+    async fn ps(&self, id: &str) -> Result<Vec<i32>> {
         let mut cmd = self.command("ps");
         cmd.args(["--format", "json"]).arg(id);
         let out = self.run("ps", id, cmd, None).await?;

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::events::Publisher;
 use crate::options::RuntimeOptions;
 use crate::reaper::{Exit, Reaper};
-use crate::runtime::{read_pid_file, CreateOpts, Runtime, DEFAULT_ROOT};
+use crate::runtime::{read_pid_file, CreateOpts, OciRuntime, Runtime, DEFAULT_ROOT};
 use crate::stdio::{self, StdioConfig};
 
 pub struct CreateRequest {
@@ -47,13 +47,18 @@ impl Container {
     /// already died during the runtime call. With a checkpoint, only the
     /// container is set up: the restore runs at Start, as with runc-v2.
     pub async fn create(req: CreateRequest, reaper: Reaper, publisher: Publisher) -> Result<(Arc<Container>, Option<Exit>)> {
+        let root = if req.options.root.is_empty() { PathBuf::from(DEFAULT_ROOT) } else { PathBuf::from(&req.options.root) };
+        let runtime = Runtime::new(&req.options.binary_name, &root.join(&req.namespace), &req.bundle, req.options.systemd_cgroup, reaper.clone());
+        Container::create_with(req, Arc::new(runtime), reaper, publisher).await
+    }
+
+    /// [`Container::create`] with a given runtime driver.
+    pub async fn create_with(req: CreateRequest, runtime: Arc<dyn OciRuntime>, reaper: Reaper, publisher: Publisher) -> Result<(Arc<Container>, Option<Exit>)> {
         let id = &req.id;
         if !req.bundle.is_absolute() {
             return Err(Error::InvalidArgument(format!("container {id}: bundle path {:?} is not absolute", req.bundle)));
         }
         let spec = load_spec(&req.bundle, id)?;
-        let root = if req.options.root.is_empty() { PathBuf::from(DEFAULT_ROOT) } else { PathBuf::from(&req.options.root) };
-        let runtime = Runtime::new(&req.options.binary_name, &root.join(&req.namespace), &req.bundle, req.options.systemd_cgroup, reaper.clone());
         // Before anything is mounted or started, so a refusal leaves nothing to undo.
         runtime.preflight(id)?;
         let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().as_ref()).map(|p| p.to_string_lossy().into_owned());

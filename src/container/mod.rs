@@ -6,6 +6,8 @@ mod create;
 mod exec;
 mod exit;
 pub mod process;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::events::Publisher;
 use crate::options::RuntimeOptions;
 use crate::reaper::{ExitSink, Owner, Reaper};
-use crate::runtime::Runtime;
+use crate::runtime::OciRuntime;
 use crate::stdio;
 
 #[derive(Default)]
@@ -39,7 +41,7 @@ pub struct Container {
     pub id: String,
     pub namespace: String,
     pub bundle: PathBuf,
-    runtime: Runtime,
+    runtime: Arc<dyn OciRuntime>,
     init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
     gate: Mutex<ExitGate>,
