@@ -148,6 +148,14 @@ async fn rig(own_pid_ns: bool) -> Rig {
     Rig { c, rt, events, exits, reaper, dir }
 }
 
+/// Waits for a held call to begin; a rule that never makes the call fails here.
+async fn begun(entered: oneshot::Receiver<()>, what: &str) {
+    match tokio::time::timeout(std::time::Duration::from_secs(5), entered).await {
+        Ok(Ok(())) => {}
+        _ => panic!("{what} was never called"),
+    }
+}
+
 /// Lets spawned exit handling run to its end.
 async fn settle() {
     for _ in 0..50 {
@@ -217,7 +225,7 @@ async fn an_exit_during_start_comes_after_the_start_event() {
     let (entered, release) = r.hold("start");
     let c = r.c.clone();
     let start = tokio::spawn(async move { c.start("").await });
-    entered.await.expect("start called");
+    begun(entered, "runtime start").await;
     r.die(pid, 3).await;
     assert_eq!(r.events().await, Vec::<String>::new(), "no exit while Start is at work");
     let _ = release.send(());
@@ -248,7 +256,7 @@ async fn an_init_that_dies_while_an_exec_starts_holds_its_exit() {
     r.fail("exec", "container is stopped");
     let c = r.c.clone();
     let start = tokio::spawn(async move { c.start("e1").await });
-    entered.await.expect("exec called");
+    begun(entered, "runtime exec").await;
     r.die(init, 137).await;
     assert_eq!(r.events().await, ["/tasks/exec-added"], "no exit while an exec is starting");
     assert_eq!(r.c.init().lock().status, Status::Running, "State still says RUNNING");
@@ -295,7 +303,7 @@ async fn a_host_pid_inits_exit_kills_the_rest_before_it_is_published() {
     let init = r.started().await;
     let (entered, release) = r.hold("kill");
     r.die(init, 0).await;
-    entered.await.expect("kill --all called");
+    begun(entered, "runtime kill --all").await;
     assert_eq!(r.calls().last().map(String::as_str), Some("kill c1 9 --all"));
     assert_eq!(r.events().await, Vec::<String>::new(), "the exit waits for the kill");
     let _ = release.send(());
