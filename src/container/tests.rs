@@ -241,6 +241,10 @@ async fn an_execs_exit_comes_before_its_inits() {
     let exec = r.exec_started("e1").await;
     r.die(init, 137).await;
     assert_eq!(r.events().await, Vec::<String>::new(), "the init's exit waits for the running exec's");
+    // Reaped but not yet reported: its pid may be reused, so no signal goes out.
+    let before = r.calls().len();
+    assert!(matches!(r.c.kill("", 9, false).await, Err(Error::NotFound(_))));
+    assert_eq!(r.calls().len(), before, "a reaped init is never signalled");
     r.die(exec, 137).await;
     assert_eq!(r.events().await, ["/tasks/exit e1 137", "/tasks/exit c1 137"]);
 }
