@@ -1674,6 +1674,34 @@ impl Containerd {
     }
 }
 
+// ---------------------------------------------------------------------------
+// runtime options
+// ---------------------------------------------------------------------------
+
+/// CRI's `runtimeoptions.v1.Options` (containerd's
+/// api/types/runtimeoptions/v1/api.proto). No crate ships its generated
+/// code, so prost derives the encoding from the proto's field tags.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RuntimeOptions {
+    #[prost(string, tag = "1")]
+    pub type_url: String,
+    #[prost(string, tag = "2")]
+    pub config_path: String,
+    #[prost(string, tag = "3")]
+    pub config_body: String,
+}
+
+pub const RUNTIME_OPTIONS_URL: &str = "runtimeoptions.v1.Options";
+
+/// The encoded `runtimeoptions.v1.Options` with a ConfigPath and a ConfigBody.
+pub fn runtime_options(config_path: &str, config_body: &str) -> Vec<u8> {
+    prost::Message::encode_to_vec(&RuntimeOptions {
+        config_path: config_path.into(),
+        config_body: config_body.into(),
+        ..Default::default()
+    })
+}
+
 /// md5 of `data` as hex, by the host's `md5sum`.
 pub fn md5_hex(data: &[u8]) -> String {
     let o = run_cmd(
