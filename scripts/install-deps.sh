@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything Keel's demo, tests and benchmark need on a fresh Debian
 # bookworm machine, idempotently:
-#   - bookworm packages: containerd 1.6, runc, crun, busybox-static, tools;
+#   - bookworm packages: containerd 1.6, runc, crun, busybox-static, tools,
+#     protobuf-compiler (protoc, which k8s-cri's build script runs for the tests);
 #   - cargo-deb, for the Debian package;
 #   - containerd 2.x from Debian sid, unpacked (not installed) into
 #     $KEEL_PREFIX/containerd2 with `dpkg -x`, so it never replaces the system's.
@@ -12,7 +13,7 @@ KEEL_PREFIX=${KEEL_PREFIX:-/var/lib/keel-dev}
 export DEBIAN_FRONTEND=noninteractive
 
 need_pkgs=()
-for p in containerd runc crun busybox-static procps iproute2 util-linux psmisc; do
+for p in containerd runc crun busybox-static procps iproute2 util-linux psmisc protobuf-compiler; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

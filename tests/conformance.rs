@@ -451,7 +451,8 @@ fn slow_logger_does_not_stall_the_pod(line: Line, rt: &'static str) {
     let up = poll(Duration::from_secs(20), || started.exists().then_some(()));
     assert!(up.is_some(), "{} the logger of {b} never started", r.tag);
     let t0 = Instant::now();
-    let st = shim.call_timeout("State", &Pb::new().str(1, &a), Duration::from_secs(10));
+    let req = pb::StateRequest { id: a.clone(), ..Default::default() };
+    let st = shim.call_timeout(&req, Duration::from_secs(10));
     let took = t0.elapsed();
     let logger_ready = ready.exists();
     assert!(matches!(st, Rpc::Ok(_)), "{} State of {a}: {st:?}", r.tag);
@@ -486,11 +487,11 @@ fn concurrent_creates_of_one_id(line: Line, rt: &'static str) {
             let (s, b, req) = (shim.clone(), barrier.clone(), create_req(&id, &bundle));
             std::thread::spawn(move || {
                 b.wait();
-                s.call("Create", &req)
+                s.call(&req)
             })
         })
         .collect();
-    let res: Vec<Rpc> = calls.into_iter().map(|h| h.join().unwrap()).collect();
+    let res: Vec<_> = calls.into_iter().map(|h| h.join().unwrap()).collect();
     let won = res.iter().filter(|r| matches!(r, Rpc::Ok(_))).count();
     assert_eq!(won, 1, "{} exactly one Create of {id} must win: {res:?}", r.tag);
     let lost = res.iter().find(|r| !matches!(r, Rpc::Ok(_))).unwrap();
@@ -502,7 +503,7 @@ fn concurrent_creates_of_one_id(line: Line, rt: &'static str) {
             r.tag
         );
     }
-    let start = shim.call("Start", &Pb::new().str(1, &id));
+    let start = shim.start(&id, "");
     assert!(matches!(start, Rpc::Ok(_)), "{} the winner of the Create race cannot start: {start:?}", r.tag);
     let st = shim.state(&id, "");
     assert!(matches!(&st, Ok(s) if s.status == ST_RUNNING), "{} the winner after the race: {st:?}", r.tag);

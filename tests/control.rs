@@ -116,39 +116,27 @@ fn grpc_update(cd: &Containerd, id: &str, resources_json: &str) -> Result<(), to
     })
 }
 
-/// containerd.runc.v1.CheckpointOptions, encoded by hand (independent of the
-/// protobuf library Keel decodes it with).
-#[derive(Default, Clone)]
+/// containerd.runc.v1.CheckpointOptions (runc's options/oci.proto; no crate
+/// ships its generated code, so prost derives the encoding from the tags;
+/// Keel decodes it with another library). cgroups_mode (7) is not used.
+#[derive(Clone, PartialEq, prost::Message)]
 struct CheckpointOpts {
+    #[prost(bool, tag = "1")]
     exit: bool,
+    #[prost(bool, tag = "2")]
     open_tcp: bool,
+    #[prost(bool, tag = "3")]
     external_unix_sockets: bool,
+    #[prost(bool, tag = "4")]
     terminal: bool,
+    #[prost(bool, tag = "5")]
     file_locks: bool,
+    #[prost(string, repeated, tag = "6")]
     empty_namespaces: Vec<String>,
+    #[prost(string, tag = "8")]
     image_path: String,
+    #[prost(string, tag = "9")]
     work_path: String,
-}
-
-impl CheckpointOpts {
-    fn encode(&self) -> Vec<u8> {
-        // proto3: fields at their default value are left out.
-        let mut b = Vec::new();
-        for (field, set) in [(1, self.exit), (2, self.open_tcp), (3, self.external_unix_sockets), (4, self.terminal), (5, self.file_locks)] {
-            if set {
-                pb_uint(&mut b, field, 1);
-            }
-        }
-        for ns in &self.empty_namespaces {
-            pb_bytes(&mut b, 6, ns.as_bytes());
-        }
-        for (field, s) in [(8, &self.image_path), (9, &self.work_path)] {
-            if !s.is_empty() {
-                pb_bytes(&mut b, field, s.as_bytes());
-            }
-        }
-        b
-    }
 }
 
 /// Tasks.Checkpoint with runc's CheckpointOptions; returns the content
@@ -165,7 +153,7 @@ fn grpc_checkpoint(
             parent_checkpoint: String::new(),
             options: Some(prost_types::Any {
                 type_url: CHECKPOINT_OPTIONS_URL.into(),
-                value: opts.encode(),
+                value: prost::Message::encode_to_vec(opts),
             }),
         };
         tokio::time::timeout(

@@ -19,6 +19,8 @@ mod common;
 use common::production::*;
 use common::robust::{Rig, RUN_TIMEOUT, STATE_TIMEOUT};
 use common::*;
+use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::types::introspection::RuntimeInfo;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -797,6 +799,11 @@ fn keel_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-keel-v1"))
 }
 
+/// What `-info` prints: a `containerd.types.RuntimeInfo`.
+fn runtime_info(b: &[u8]) -> RuntimeInfo {
+    RuntimeInfo::parse_from_bytes(b).unwrap_or_else(|e| panic!("-info output is no RuntimeInfo: {e}: {b:02x?}"))
+}
+
 /// `containerd-shim-keel-v1 -info </dev/null` prints a RuntimeInfo whose name
 /// is io.containerd.keel.v1 and whose features are runc's `features` document.
 /// With options selecting a runtime without `features` (bookworm's crun 1.8.1)
@@ -807,15 +814,14 @@ fn info_binary_direct() {
     c.arg("-info");
     let o = run_cmd(c, None, Duration::from_secs(20));
     assert!(o.ok(), "-info: {}", o.describe());
-    let b = &o.stdout;
-    assert_eq!(pb_field_str(b, 1), KEEL_V1, "RuntimeInfo.name");
-    let version = pb_field_bytes(b, 2).expect("RuntimeInfo.version");
-    assert_eq!(pb_field_str(&version, 1), env!("CARGO_PKG_VERSION"), "RuntimeInfo.version.version");
-    let features = pb_field_bytes(b, 4).expect("RuntimeInfo.features");
-    let url = pb_field_str(&features, 1);
+    let info = runtime_info(&o.stdout);
+    assert_eq!(info.name, KEEL_V1, "RuntimeInfo.name");
+    let version = info.version.as_ref().expect("RuntimeInfo.version");
+    assert_eq!(version.version, env!("CARGO_PKG_VERSION"), "RuntimeInfo.version.version");
+    let features = info.features.as_ref().expect("RuntimeInfo.features");
+    let url = &features.type_url;
     assert!(url.ends_with("features/Features"), "features type_url {url:?}");
-    let doc: serde_json::Value =
-        serde_json::from_slice(&pb_field_bytes(&features, 2).unwrap_or_default()).expect("features JSON");
+    let doc: serde_json::Value = serde_json::from_slice(&features.value).expect("features JSON");
     assert_eq!(doc, runc_features(), "-info features differ from `runc features`");
 
     // Options on stdin are honoured: ConfigBody naming crun.
@@ -831,7 +837,7 @@ fn info_binary_direct() {
     };
     if crun_has_features {
         assert!(o.ok(), "-info with crun: {}", o.describe());
-        assert_eq!(pb_field_str(&o.stdout, 1), KEEL_V1);
+        assert_eq!(runtime_info(&o.stdout).name, KEEL_V1);
     } else {
         assert!(
             !o.ok() && o.err().contains("crun") && o.err().contains("features"),

@@ -353,14 +353,14 @@ fn no_shell(line: Line) {
     ] {
         let m = mk(&format!("exec-id-{n}"));
         let eid = pat.replace("{}", &m);
-        let res = shim.call("Exec", &exec_req(&id, &eid, &spec));
+        let res = shim.call(&exec_req(&id, &eid, &spec));
         eprintln!(
             "{tag} Exec id {eid:?} -> {:?} {}",
             res.code(),
             res.message()
         );
         assert_eq!(res.code(), Some(3), "{tag} exec id {eid:?}: {res:?}");
-        let st = shim.call("Start", &Pb::new().str(1, &id).str(2, &eid));
+        let st = shim.start(&id, &eid);
         assert_ne!(
             st.code(),
             Some(0),
@@ -368,10 +368,7 @@ fn no_shell(line: Line) {
         );
     }
     // Container ids, straight to the shim (containerd validates its own).
-    let opts = Pb::new()
-        .str(1, "")
-        .str(2, "")
-        .str(3, &format!("BinaryName = \"{}\"\n", script.display()));
+    let opts = runtime_options("", &format!("BinaryName = \"{}\"\n", script.display()));
     let bundle = r.cd.bundle_dir(&r.cd.ns, &id);
     for (n, pat) in [
         ("semi", "c;touch {}"),
@@ -380,13 +377,10 @@ fn no_shell(line: Line) {
     ] {
         let m = mk(&format!("create-id-{n}"));
         let cid = pat.replace("{}", &m);
-        let res = shim.call(
-            "Create",
-            &Pb::new()
-                .str(1, &cid)
-                .str(2, &bundle.to_string_lossy())
-                .msg(10, Pb::any("runtimeoptions.v1.Options", &opts.0)),
-        );
+        let res = shim.call(&pb::CreateTaskRequest {
+            options: any(RUNTIME_OPTIONS_URL, &opts),
+            ..create_req(&cid, &bundle)
+        });
         eprintln!(
             "{tag} Create id {cid:?} -> {:?} {}",
             res.code(),

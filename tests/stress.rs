@@ -564,13 +564,10 @@ fn hang_exec(line: Line) {
         let spec = exec_spec(&r.cd, &id, &["echo", "never"]);
         thread::spawn(move || {
             let t = Instant::now();
-            let r = shim.call("Exec", &exec_req(&id, "hangB", &spec));
+            let r = shim.call(&exec_req(&id, "hangB", &spec));
             assert!(matches!(r, Rpc::Ok(_)), "Exec hangB: {r:?}");
-            let r = shim.call_timeout(
-                "Start",
-                &Pb::new().str(1, &id).str(2, "hangB"),
-                Duration::from_secs(60),
-            );
+            let req = pb::StartRequest { id: id.clone(), exec_id: "hangB".into(), ..Default::default() };
+            let r = shim.call_timeout(&req, Duration::from_secs(60));
             (r, t.elapsed())
         })
     };
@@ -613,7 +610,7 @@ fn hang_exec(line: Line) {
         shim.wait(&id, "done1", Duration::from_secs(5))
     });
     assert_eq!(code.expect("wait done1"), 9);
-    let (p, _) = within_1s("Pids", || shim.call("Pids", &Pb::new().str(1, &id)));
+    let (p, _) = within_1s("Pids", || shim.pids(&id));
     assert!(matches!(p, Rpc::Ok(_)), "{tag} pids: {p:?}");
     let (d, _) = within_1s("Delete quick", || shim.delete(&id, "quick"));
     assert!(matches!(d, Rpc::Ok(_)), "{tag} delete quick: {d:?}");
@@ -755,9 +752,10 @@ fn hang_pause_grouped(line: Line) {
         shim.wait(&b, "eb", Duration::from_secs(5))
     });
     assert_eq!(w.expect("wait eb"), 143);
-    let (p, _) = within_1s("Pids B", || shim.call("Pids", &Pb::new().str(1, &b)));
+    let (p, _) = within_1s("Pids B", || shim.pids(&b));
     assert!(matches!(p, Rpc::Ok(_)), "{tag} {p:?}");
-    let (s, _) = within_1s("Stats B", || shim.call("Stats", &Pb::new().str(1, &b)));
+    let stats = pb::StatsRequest { id: b.clone(), ..Default::default() };
+    let (s, _) = within_1s("Stats B", || shim.call(&stats));
     assert!(matches!(s, Rpc::Ok(_)), "{tag} {s:?}");
     assert!(
         hang_started.elapsed() < Duration::from_secs(HANG_TIMEOUT_S - 1),
@@ -1232,18 +1230,17 @@ fn late_reader(line: Line) {
             assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
         }
         let spec = exec_spec(&r.cd, &id, &["echo", "late-reader"]);
-        let add = shim.call(
-            "Exec",
-            &exec_req(&id, "late", &spec)
-                .str(5, &fifo.to_string_lossy())
-                .str(6, &efifo.to_string_lossy()),
-        );
+        let add = shim.call(&pb::ExecProcessRequest {
+            stdout: fifo.to_string_lossy().into_owned(),
+            stderr: efifo.to_string_lossy().into_owned(),
+            ..exec_req(&id, "late", &spec)
+        });
         assert!(matches!(add, Rpc::Ok(_)), "{} Exec: {add:?}", r.tag);
         // The client's reader comes 300 ms after Start was sent.
         let reader = late_read(fifo.clone(), Duration::from_millis(300));
         let ereader = late_read(efifo.clone(), Duration::from_millis(300));
         let t = Instant::now();
-        let st = shim.call("Start", &Pb::new().str(1, &id).str(2, "late"));
+        let st = shim.start(&id, "late");
         let start_took = t.elapsed();
         assert!(matches!(st, Rpc::Ok(_)), "{} Start: {st:?}", r.tag);
         let code = shim.wait(&id, "late", Duration::from_secs(20));

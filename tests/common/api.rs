@@ -1,7 +1,7 @@
 //! containerd's Tasks API (gRPC, through the containerd-client crate) for the
 //! calls ctr cannot make the way containerd's Go client does: an Exec whose
 //! request asks for a terminal that its process spec does not, and the exact
-//! gRPC code of a Start, Kill or Get.
+//! gRPC code of a Start, Kill or Get. [`with_channel`] serves tests/cri.rs too.
 
 use super::production::block_on;
 use super::*;
@@ -29,11 +29,29 @@ fn transport(what: String) -> ApiError {
     }
 }
 
-fn status(s: containerd_client::tonic::Status) -> ApiError {
+/// A gRPC status as an [`ApiError`].
+pub fn status(s: containerd_client::tonic::Status) -> ApiError {
     ApiError {
         code: s.code(),
         message: s.message().to_string(),
     }
+}
+
+/// Runs `f` with a fresh channel to the containerd socket `sock` (its own
+/// API or CRI), bounded by `timeout`.
+pub fn with_channel<T, F, Fut>(sock: &Path, timeout: Duration, f: F) -> ApiResult<T>
+where
+    F: FnOnce(Channel) -> Fut,
+    Fut: std::future::Future<Output = ApiResult<T>>,
+{
+    let sock = sock.to_path_buf();
+    block_on(timeout, async move {
+        let ch = containerd_client::connect(&sock)
+            .await
+            .map_err(|e| transport(format!("connect {}: {e}", sock.display())))?;
+        f(ch).await
+    })
+    .unwrap_or_else(|| Err(transport(format!("no answer within {timeout:?}"))))
 }
 
 /// Runs `f` with a Tasks client of `cd`, bounded by `timeout`.
@@ -42,14 +60,7 @@ where
     F: FnOnce(TasksClient<Channel>) -> Fut,
     Fut: std::future::Future<Output = ApiResult<T>>,
 {
-    let sock = cd.sock.clone();
-    block_on(timeout, async move {
-        let ch = containerd_client::connect(&sock)
-            .await
-            .map_err(|e| transport(format!("connect {}: {e}", sock.display())))?;
-        f(TasksClient::new(ch)).await
-    })
-    .unwrap_or_else(|| Err(transport(format!("no answer within {timeout:?}"))))
+    with_channel(&cd.sock, timeout, |ch| f(TasksClient::new(ch)))
 }
 
 /// The Tasks API of one private containerd in its test namespace.

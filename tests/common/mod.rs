@@ -1484,193 +1484,49 @@ impl Drop for PtyProc {
 }
 
 // ---------------------------------------------------------------------------
-// protobuf by hand (the tests speak ttrpc, CRI and runtime options without
-// generated code), and a minimal ttrpc client for calls ctr cannot make
+// runtime options, and a resize ctr cannot send
 // ---------------------------------------------------------------------------
 
-pub fn pb_varint(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let b = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(b);
-            return;
-        }
-        out.push(b | 0x80);
-    }
+/// CRI's `runtimeoptions.v1.Options` (containerd's
+/// api/types/runtimeoptions/v1/api.proto). No crate ships its generated
+/// code, so prost derives the encoding from the proto's field tags.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RuntimeOptions {
+    #[prost(string, tag = "1")]
+    pub type_url: String,
+    #[prost(string, tag = "2")]
+    pub config_path: String,
+    #[prost(string, tag = "3")]
+    pub config_body: String,
 }
 
-pub fn pb_bytes(out: &mut Vec<u8>, field: u32, data: &[u8]) {
-    pb_varint(out, ((field as u64) << 3) | 2);
-    pb_varint(out, data.len() as u64);
-    out.extend_from_slice(data);
-}
+pub const RUNTIME_OPTIONS_URL: &str = "runtimeoptions.v1.Options";
 
-pub fn pb_uint(out: &mut Vec<u8>, field: u32, v: u64) {
-    pb_varint(out, (field as u64) << 3);
-    pb_varint(out, v);
-}
-
-fn pb_read_varint(b: &[u8], i: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    let mut shift = 0;
-    loop {
-        let byte = *b.get(*i)?;
-        *i += 1;
-        v |= ((byte & 0x7f) as u64) << shift;
-        if byte & 0x80 == 0 {
-            return Some(v);
-        }
-        shift += 7;
-        if shift > 63 {
-            return None;
-        }
-    }
-}
-
-/// (field number, wire type, varint value or bytes)
-pub fn pb_fields(b: &[u8]) -> Vec<(u32, u8, u64, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        let Some(key) = pb_read_varint(b, &mut i) else {
-            break;
-        };
-        let (field, wt) = ((key >> 3) as u32, (key & 7) as u8);
-        match wt {
-            0 => {
-                let Some(v) = pb_read_varint(b, &mut i) else {
-                    break;
-                };
-                out.push((field, wt, v, Vec::new()));
-            }
-            2 => {
-                let Some(len) = pb_read_varint(b, &mut i) else {
-                    break;
-                };
-                let end = i + len as usize;
-                if end > b.len() {
-                    break;
-                }
-                out.push((field, wt, 0, b[i..end].to_vec()));
-                i = end;
-            }
-            1 => i += 8,
-            5 => i += 4,
-            _ => break,
-        }
-    }
-    out
-}
-
-/// The first varint field `field` of `b` (0 when absent).
-pub fn pb_field_uint(b: &[u8], field: u32) -> u64 {
-    pb_fields(b)
-        .into_iter()
-        .find(|f| f.0 == field && f.1 == 0)
-        .map(|f| f.2)
-        .unwrap_or(0)
-}
-
-/// The first length-delimited field `field` of `b`.
-pub fn pb_field_bytes(b: &[u8], field: u32) -> Option<Vec<u8>> {
-    pb_fields(b)
-        .into_iter()
-        .find(|f| f.0 == field && f.1 == 2)
-        .map(|f| f.3)
-}
-
-/// The first string field `field` of `b` ("" when absent).
-pub fn pb_field_str(b: &[u8], field: u32) -> String {
-    pb_field_bytes(b, field)
-        .map(|v| String::from_utf8_lossy(&v).into_owned())
-        .unwrap_or_default()
-}
-
-/// A ttrpc Response body: its status (field 1) and payload (field 2).
-pub fn decode_ttrpc_response(body: &[u8]) -> (Option<RpcStatus>, Vec<u8>) {
-    let mut status: Option<RpcStatus> = None;
-    let mut resp = Vec::new();
-    for (f, _, _, data) in pb_fields(body) {
-        match f {
-            1 => {
-                let mut st = RpcStatus { code: 0, message: String::new() };
-                for (f2, _, v, d2) in pb_fields(&data) {
-                    match f2 {
-                        1 => st.code = v,
-                        2 => st.message = String::from_utf8_lossy(&d2).into_owned(),
-                        _ => {}
-                    }
-                }
-                status = Some(st);
-            }
-            2 => resp = data,
-            _ => {}
-        }
-    }
-    (status, resp)
-}
-
-/// An error status from a ttrpc call: gRPC code and message.
-#[derive(Debug, Clone)]
-pub struct RpcStatus {
-    pub code: u64,
-    pub message: String,
-}
-
-/// One unary ttrpc call. `Ok(payload)` or `Err(status)`; transport failures panic.
-pub fn ttrpc_call(
-    sock: &Path,
-    ns: &str,
-    service: &str,
-    method: &str,
-    payload: &[u8],
-    timeout: Duration,
-) -> Result<Vec<u8>, RpcStatus> {
-    match robust::rpc(sock, ns, service, method, payload, timeout) {
-        robust::Rpc::Ok(resp) => Ok(resp),
-        robust::Rpc::Err(st) => Err(st),
-        robust::Rpc::Transport(e) => panic!("ttrpc {method} to {}: {e}", sock.display()),
-    }
+/// The encoded `runtimeoptions.v1.Options` with a ConfigPath and a ConfigBody.
+pub fn runtime_options(config_path: &str, config_body: &str) -> Vec<u8> {
+    prost::Message::encode_to_vec(&RuntimeOptions {
+        config_path: config_path.into(),
+        config_body: config_body.into(),
+        ..Default::default()
+    })
 }
 
 impl Containerd {
     /// `Task.ResizePty` sent straight to the shim of `id` (ctr has no resize
     /// command; containerd forwards the same request unchanged).
-    pub fn resize_pty(
-        &self,
-        id: &str,
-        exec_id: &str,
-        width: u32,
-        height: u32,
-    ) -> Result<(), RpcStatus> {
-        let (sock, version) = self.shim_address(&self.ns, id).unwrap_or_else(|| {
-            panic!(
-                "no shim address in bundle {}",
-                self.bundle_dir(&self.ns, id).display()
-            )
-        });
-        let service = if version >= 3 {
-            "containerd.task.v3.Task"
-        } else {
-            "containerd.task.v2.Task"
+    pub fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<(), robust::RpcStatus> {
+        let req = robust::pb::ResizePtyRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            width,
+            height,
+            ..Default::default()
         };
-        let mut req = Vec::new();
-        pb_bytes(&mut req, 1, id.as_bytes());
-        if !exec_id.is_empty() {
-            pb_bytes(&mut req, 2, exec_id.as_bytes());
+        match robust::Shim::of(self, id).call_timeout(&req, Duration::from_secs(10)) {
+            robust::Rpc::Ok(_) => Ok(()),
+            robust::Rpc::Err(st) => Err(st),
+            robust::Rpc::Transport(e) => panic!("ttrpc ResizePty to the shim of {id}: {e}"),
         }
-        pb_uint(&mut req, 3, width as u64);
-        pb_uint(&mut req, 4, height as u64);
-        ttrpc_call(
-            &sock,
-            &self.ns,
-            service,
-            "ResizePty",
-            &req,
-            Duration::from_secs(10),
-        )
-        .map(|_| ())
     }
 }
 

@@ -341,18 +341,11 @@ pub fn api_task_wait(
     .unwrap_or_else(|| Err(format!("{what} did not return within {timeout:?}")))
 }
 
-/// Encodes `runtimeoptions.v1.Options` (type_url 1, config_path 2, config_body 3)
-/// wrapped in a `google.protobuf.Any` — what containerd writes to a shim's stdin.
+/// `runtimeoptions.v1.Options` in a `google.protobuf.Any`, encoded: what
+/// containerd writes to a shim's stdin.
 pub fn cri_options_any(config_path: &str, config_body: &str) -> Vec<u8> {
-    let mut opts = Vec::new();
-    if !config_path.is_empty() {
-        pb_bytes(&mut opts, 2, config_path.as_bytes());
-    }
-    if !config_body.is_empty() {
-        pb_bytes(&mut opts, 3, config_body.as_bytes());
-    }
-    let mut any = Vec::new();
-    pb_bytes(&mut any, 1, b"runtimeoptions.v1.Options");
-    pb_bytes(&mut any, 2, &opts);
-    any
+    prost::Message::encode_to_vec(&prost_types::Any {
+        type_url: RUNTIME_OPTIONS_URL.into(),
+        value: runtime_options(config_path, config_body),
+    })
 }
