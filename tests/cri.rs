@@ -130,13 +130,24 @@ fn build_images(dir: &Path) -> PathBuf {
 // containerd with CRI
 // ---------------------------------------------------------------------------
 
-fn cri_config(cd: &Containerd, keel_toml: &Path) -> String {
+/// containerd's config with CRI; the `keel` handler (options file
+/// `keel_toml`) only with `by_hand`, else `keel-containerd wire` adds it.
+fn cri_config(cd: &Containerd, keel_toml: &Path, by_hand: bool) -> String {
     let disabled: Vec<String> = UNUSED_PLUGINS
         .iter()
         .map(|p| format!("  \"{p}\","))
         .collect();
     let cni = cd.dir.join("cni");
-    let keel = keel_toml.display();
+    let k = keel_toml.display();
+    let keel = match (by_hand, cd.line) {
+        (false, _) => String::new(),
+        (true, Line::V16) => format!(
+            "      [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.keel]\n        runtime_type = \"io.containerd.keel.v1\"\n        [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.keel.options]\n          ConfigPath = \"{k}\"\n"
+        ),
+        (true, Line::V2) => format!(
+            "    [plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.keel]\n      runtime_type = \"io.containerd.keel.v1\"\n      [plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.keel.options]\n        ConfigPath = \"{k}\"\n"
+        ),
+    };
     match cd.line {
         Line::V16 => format!(
             r#"version = 2
@@ -156,11 +167,7 @@ disabled_plugins = [
     [plugins."io.containerd.grpc.v1.cri".containerd]
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
         runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.keel]
-        runtime_type = "io.containerd.keel.v1"
-        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.keel.options]
-          ConfigPath = "{keel}"
-"#,
+{keel}"#,
             disabled = disabled.join("\n"),
             cni = cni.display(),
         ),
@@ -180,11 +187,7 @@ disabled_plugins = [
       conf_dir = "{cni}/conf"
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.keel]
-      runtime_type = "io.containerd.keel.v1"
-      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.keel.options]
-        ConfigPath = "{keel}"
-  [plugins."io.containerd.grpc.v1.cri"]
+{keel}  [plugins."io.containerd.grpc.v1.cri"]
     stream_server_address = "127.0.0.1"
     stream_server_port = "0"
 "#,
@@ -255,22 +258,92 @@ fn expect_ok<T>(r: ApiResult<T>, what: &str, cd: &Containerd) -> T {
     r.unwrap_or_else(|e| panic!("{} CRI {what}: {e:?}\n{}", cd.line.name(), cd.log_tail(40)))
 }
 
+/// How the `keel` handler gets into containerd's config.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wiring {
+    /// Written into the config with the rest.
+    ByHand,
+    /// Added to the user's config by `keel-containerd wire`, taken out by `unwire`.
+    Tool,
+}
+
+const WIRE_TOOL: &str = env!("CARGO_BIN_EXE_keel-containerd");
+
+/// `keel-containerd` with `args`; must succeed.
+fn wire_tool(tag: &str, args: &[&str]) -> String {
+    let mut c = std::process::Command::new(WIRE_TOOL);
+    c.args(args);
+    let o = run_cmd(c, None, Duration::from_secs(60));
+    assert!(o.ok(), "{tag} keel-containerd {args:?}: {}", o.describe());
+    o.out()
+}
+
+/// Wires the user's `config.toml` of `cd` (written from `original`) with
+/// the tool, checks that containerd's own `config dump` has the handler,
+/// and returns the wired text.
+fn wire_config(cd: &Containerd, original: &str, keel: &Path, tag: &str) -> String {
+    let cfg = cd.dir.join("config.toml");
+    std::fs::write(&cfg, original).unwrap();
+    let containerd = cd.line.containerd();
+    let args = ["wire", "--config", &cfg.to_string_lossy(), "--options", &keel.to_string_lossy(), "--containerd", &containerd.to_string_lossy()].map(|s| s.to_string());
+    let out = wire_tool(tag, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.contains("has the keel runtime"), "{tag} wire: {out}");
+    // Idempotent: a second run changes nothing.
+    let wired = std::fs::read_to_string(&cfg).unwrap();
+    let again = wire_tool(tag, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(again.contains("already wired"), "{tag} second wire: {again}");
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), wired, "{tag} a second wire changed the config");
+    // containerd's own view of the merged config (imports included).
+    let mut c = std::process::Command::new(&containerd);
+    c.arg("--config").arg(&cfg).args(["config", "dump"]);
+    let dump = run_cmd(c, None, Duration::from_secs(60));
+    assert!(dump.ok(), "{tag} config dump: {}", dump.describe());
+    let dump = dump.out();
+    let table = if cd.line == Line::V2 { "io.containerd.cri.v1.runtime'.containerd.runtimes.keel]" } else { "io.containerd.grpc.v1.cri\".containerd.runtimes.keel]" };
+    let at = dump.find(table).unwrap_or_else(|| panic!("{tag} config dump has no keel handler:\n{dump}"));
+    let entry = &dump[at..(at + 2000).min(dump.len())];
+    assert!(entry.contains("io.containerd.keel.v1") && entry.contains(&*keel.to_string_lossy()), "{tag} keel handler in the dump: {entry}");
+    // The user's settings survived (a 1.x drop-in would have replaced the whole CRI table).
+    assert!(dump.contains("restrict_oom_score_adj = true"), "{tag} the user's CRI settings are gone from the dump:\n{dump}");
+    wired
+}
+
 /// A pod (host network) and one container, through the CRI `keel` runtime
 /// handler: one Keel shim serves the pod; the container runs, prints, exec
-/// works, its state and exit code are right; stop and remove clean up.
-fn pod_through_keel_handler(line: Line) {
+/// works, its state and exit code are right; stop and remove clean up. With
+/// [`Wiring::Tool`] the handler comes from `keel-containerd wire`, `ctr run
+/// --runtime io.containerd.keel.v1` runs too, and `unwire` at the end puts
+/// the user's config back byte for byte.
+fn pod_through_keel_handler(line: Line, wiring: Wiring) {
     rootfs();
     let cgparent = format!("/keel-cri-{}", unique("pod"));
     let _cg = CgroupParent(cgparent.clone()); // dropped last
     let images = std::sync::Mutex::new(None::<PathBuf>);
+    let original = std::sync::Mutex::new(String::new());
+    let tag = format!("[cri {}{}]", line.name(), if wiring == Wiring::Tool { " wired" } else { "" });
     let cd = start_with_config(line, |cd| {
         *images.lock().unwrap() = Some(build_images(&cd.dir));
         let root = cd.dir.join("runtime-root");
         let keel = options_file(cd, "keel-cri", &format!("Root = \"{}\"\n", root.display()));
-        cri_config(cd, &keel)
+        let text = cri_config(cd, &keel, wiring == Wiring::ByHand);
+        match wiring {
+            Wiring::ByHand => text,
+            Wiring::Tool => {
+                *original.lock().unwrap() = text.clone();
+                wire_config(cd, &text, &keel, &tag)
+            }
+        }
     });
+    let original = original.into_inner().unwrap();
     let _rr = RuntimeRoot(cd.dir.join("runtime-root"));
-    let tag = format!("[cri {}]", line.name());
+    if wiring == Wiring::Tool {
+        // ctr needs no handler, but must work on the wired containerd too.
+        let id = unique("wired");
+        let root = rootfs();
+        let fifo = cd.fifo_dir.to_string_lossy().into_owned();
+        let o = cd.ctr(&["run", "--rm", "--runtime", KEEL_V1, "--fifo-dir", &fifo, "--env", CONTAINER_PATH, "--rootfs", &root.to_string_lossy(), &id, "sh", "-c", "echo wired-ctr"]);
+        assert!(o.ok() && o.out() == "wired-ctr\n", "{tag} ctr run --runtime {KEEL_V1}: {}", o.describe());
+    }
     let images = images.lock().unwrap().take().unwrap();
 
     let mut args = vec!["images", "import"];
@@ -476,16 +549,42 @@ fn pod_through_keel_handler(line: Line) {
     assert!(left.trim().is_empty(), "{tag} containers left: {left}");
     let mounts = cd.mounts();
     assert!(mounts.is_empty(), "{tag} mounts left: {mounts:?}");
+    if wiring == Wiring::Tool {
+        let cfg = cd.dir.join("config.toml");
+        let out = wire_tool(&tag, &["unwire", "--config", &cfg.to_string_lossy()]);
+        assert!(out.contains("restored"), "{tag} unwire: {out}");
+        assert!(std::fs::read(&cfg).unwrap() == original.as_bytes(), "{tag} unwire must restore the config byte for byte");
+        let dropin = cd.dir.join("conf.d");
+        assert!(!dropin.exists(), "{tag} unwire leaves {}", dropin.display());
+        let leftovers: Vec<_> = std::fs::read_dir(&cd.dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("config.toml.")).collect();
+        assert!(leftovers.is_empty(), "{tag} unwire leaves {leftovers:?}");
+    }
 }
 
 mod keel_handler {
     use crate::common::Line;
+    use crate::Wiring;
     #[test]
     fn containerd_1_6() {
-        crate::pod_through_keel_handler(Line::V16)
+        crate::pod_through_keel_handler(Line::V16, Wiring::ByHand)
     }
     #[test]
     fn containerd_2() {
-        crate::pod_through_keel_handler(Line::V2)
+        crate::pod_through_keel_handler(Line::V2, Wiring::ByHand)
+    }
+}
+
+/// The handler registered by `keel-containerd wire` in the user's config
+/// (in place on 1.6's version 2 config, a drop-in for 2.x's version 3).
+mod wired_handler {
+    use crate::common::Line;
+    use crate::Wiring;
+    #[test]
+    fn containerd_1_6() {
+        crate::pod_through_keel_handler(Line::V16, Wiring::Tool)
+    }
+    #[test]
+    fn containerd_2() {
+        crate::pod_through_keel_handler(Line::V2, Wiring::Tool)
     }
 }
