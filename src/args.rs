@@ -16,13 +16,25 @@ pub struct Flags {
     pub action: String,
 }
 
-pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Flags, String> {
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ArgsError {
+    #[error("unexpected argument {arg:?} after action {action:?}")]
+    Extra { arg: String, action: String },
+    #[error("flag -{flag}: invalid boolean {value:?}")]
+    Boolean { flag: String, value: String },
+    #[error("flag -{0} needs a value")]
+    NoValue(String),
+    #[error("unknown flag -{0}")]
+    Unknown(String),
+}
+
+pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Flags, ArgsError> {
     let mut f = Flags::default();
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
             if !f.action.is_empty() {
-                return Err(format!("unexpected argument {arg:?} after action {:?}", f.action));
+                return Err(ArgsError::Extra { arg, action: f.action });
             }
             f.action = arg;
             continue;
@@ -31,11 +43,11 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Flags, String> {
             Some((n, v)) => (n, Some(v.to_string())),
             None => (flag, None),
         };
-        let boolean = |v: Option<String>| -> Result<bool, String> {
+        let boolean = |v: Option<String>| -> Result<bool, ArgsError> {
             match v.as_deref() {
                 None | Some("true") | Some("1") => Ok(true),
                 Some("false") | Some("0") => Ok(false),
-                Some(other) => Err(format!("flag -{name}: invalid boolean {other:?}")),
+                Some(other) => Err(ArgsError::Boolean { flag: name.into(), value: other.into() }),
             }
         };
         match name {
@@ -45,7 +57,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Flags, String> {
             "namespace" | "id" | "address" | "publish-binary" | "socket" | "bundle" => {
                 let value = match inline {
                     Some(v) => v,
-                    None => it.next().ok_or_else(|| format!("flag -{name} needs a value"))?,
+                    None => it.next().ok_or_else(|| ArgsError::NoValue(name.into()))?,
                 };
                 match name {
                     "namespace" => f.namespace = value,
@@ -56,7 +68,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Flags, String> {
                     _ => f.bundle = value,
                 }
             }
-            other => return Err(format!("unknown flag -{other}")),
+            other => return Err(ArgsError::Unknown(other.into())),
         }
     }
     Ok(f)
@@ -85,7 +97,8 @@ mod tests {
         let f = parse(args("--id=x -debug=false delete")).expect("parse");
         assert_eq!(f.id, "x");
         assert!(!f.debug);
-        assert!(parse(args("-id")).expect_err("missing value").contains("-id"));
-        assert!(parse(args("-bogus 1")).expect_err("unknown").contains("bogus"));
+        assert_eq!(parse(args("-id")), Err(ArgsError::NoValue("id".into())));
+        assert_eq!(parse(args("-bogus 1")).map_err(|e| e.to_string()), Err("unknown flag -bogus".into()));
+        assert!(matches!(parse(args("-debug=maybe")), Err(ArgsError::Boolean { .. })));
     }
 }

@@ -3,6 +3,7 @@
 
 use containerd_shim_protos::ttrpc::{self, Code};
 
+use crate::cgroups::shim::ShimCgroupError;
 use crate::cgroups::SetupError;
 use crate::runtime::RuntimeError;
 use crate::stdio::StdioError;
@@ -29,6 +30,8 @@ pub enum Error {
     Stdio(#[from] StdioError),
     #[error(transparent)]
     CgroupSetup(#[from] SetupError),
+    #[error(transparent)]
+    ShimCgroup(#[from] ShimCgroupError),
     #[error("{0}")]
     Internal(String),
 }
@@ -52,6 +55,7 @@ impl Error {
             Error::Stdio(e) => e.code(),
             Error::CgroupSetup(SetupError::NoSystemd { .. }) => Code::FAILED_PRECONDITION,
             Error::CgroupSetup(SetupError::SystemdPath { .. }) => Code::INVALID_ARGUMENT,
+            Error::ShimCgroup(_) => Code::FAILED_PRECONDITION,
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Code::NOT_FOUND,
             Error::Io { .. } | Error::Internal(_) => Code::INTERNAL,
         }

@@ -19,5 +19,6 @@ pub mod runtime;
 pub mod serve;
 pub mod service;
 pub mod stdio;
+pub mod sync;
 pub mod tasklist;
 pub mod wiring;

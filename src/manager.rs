@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::events::timestamp;
 use crate::options::RuntimeOptions;
 use crate::reaper::Reaper;
-use crate::runtime::{OciRuntime, Runtime, DEFAULT_ROOT};
+use crate::runtime::{OciRuntime, Runtime};
 
 const SOCKET_DIR: &str = "/run/containerd/s";
 pub const TTRPC_ADDRESS: &str = "TTRPC_ADDRESS";
@@ -68,16 +68,24 @@ fn start_options(input: &[u8], bootstrap: Option<&BootstrapParams>) -> Result<Ru
     crate::options::decode(any.as_ref())
 }
 
+/// What containerd wrote on stdin (nothing when run by hand from a terminal).
+fn read_stdin() -> Vec<u8> {
+    let mut input = Vec::new();
+    if !nix::unistd::isatty(std::io::stdin()).unwrap_or(false) {
+        if let Err(e) = std::io::stdin().read_to_end(&mut input) {
+            eprintln!("keel: read stdin: {e}");
+        }
+    }
+    input
+}
+
 /// `-info`: describes the runtime to containerd 2.x: name, version, and the
 /// OCI runtime's own `features` document.
 pub fn info() -> Result<()> {
-    let mut input = Vec::new();
-    if !nix::unistd::isatty(std::io::stdin()).unwrap_or(false) {
-        let _ = std::io::stdin().read_to_end(&mut input);
-    }
+    let input = read_stdin();
     let any = (!input.is_empty()).then(|| Any::parse_from_bytes(&input)).transpose().map_err(|e| Error::InvalidArgument(format!("runtime options on stdin: {e}")))?;
     let opts = crate::options::decode(any.as_ref())?;
-    let binary = if opts.binary_name.is_empty() { "runc".to_string() } else { opts.binary_name.clone() };
+    let binary = opts.binary();
     let out = Command::new(&binary).arg("features").stdin(Stdio::null()).output().map_err(|e| Error::io(format!("run {binary} features"), e))?;
     if !out.status.success() {
         return Err(Error::FailedPrecondition(format!("{binary} features: {}", String::from_utf8_lossy(&out.stderr).trim())));
@@ -99,10 +107,7 @@ pub fn info() -> Result<()> {
 }
 
 pub fn start(flags: &Flags) -> Result<()> {
-    let mut input = Vec::new();
-    if !nix::unistd::isatty(std::io::stdin()).unwrap_or(false) {
-        let _ = std::io::stdin().read_to_end(&mut input);
-    }
+    let input = read_stdin();
     let bootstrap = bootstrap_params(&input, flags);
     let ttrpc_address = match &bootstrap {
         Some(p) => p.containerd_ttrpc_address.clone(),
@@ -160,7 +165,7 @@ pub fn start(flags: &Flags) -> Result<()> {
     let mut child = cmd.spawn().map_err(|e| Error::io("spawn shim server", e))?;
     drop(listener);
     let started = crate::cgroups::shim::confine_shim(child.id(), &shim_cgroup)
-        .map_err(Error::FailedPrecondition)
+        .map_err(Error::from)
         .and_then(|_| print_reply(&address, bootstrap.is_some()));
     if started.is_err() {
         let _ = child.kill();
@@ -213,8 +218,7 @@ pub fn delete(flags: &Flags) -> Result<()> {
         PathBuf::from(&flags.bundle)
     };
     let opts = load_options(&bundle);
-    let root = if opts.root.is_empty() { PathBuf::from(DEFAULT_ROOT) } else { PathBuf::from(&opts.root) };
-    let ns_root = root.join(&flags.namespace);
+    let ns_root = opts.root_for(&flags.namespace);
     // containerd runs this after every shim exit, also a clean one, and waits
     // for it: when the runtime keeps nothing for the container (the shim's
     // Delete already ran), there is no runtime call to make.
@@ -223,7 +227,7 @@ pub fn delete(flags: &Flags) -> Result<()> {
         rt.block_on(async {
             let (reaper, _exits) = Reaper::new();
             tokio::spawn(reaper.clone().run());
-            let runtime = Runtime::new(&opts.binary_name, &ns_root, &bundle, opts.systemd_cgroup, reaper);
+            let runtime = Runtime::new(opts.binary(), &ns_root, &bundle, opts.systemd_cgroup, reaper);
             if let Err(e) = runtime.delete(&flags.id, true).await {
                 eprintln!("keel delete {}: {e}", flags.id);
             }

@@ -13,6 +13,10 @@ use crate::error::{Error, Result};
 const RUNC_OPTIONS: &str = "containerd.runc.v1.Options";
 const CRI_OPTIONS: &str = "runtimeoptions.v1.Options";
 
+/// runc-v2's defaults, kept so runc, crun and tools agree on where state lives.
+pub const DEFAULT_BINARY: &str = "runc";
+pub const DEFAULT_ROOT: &str = "/run/containerd/runc";
+
 /// The options Keel acts on, with runc-v2's defaults.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RuntimeOptions {
@@ -26,6 +30,23 @@ pub struct RuntimeOptions {
     pub io_uid: u32,
     pub io_gid: u32,
     pub shim_cgroup: String,
+}
+
+impl RuntimeOptions {
+    /// The OCI runtime binary to run.
+    pub fn binary(&self) -> &str {
+        if self.binary_name.is_empty() {
+            DEFAULT_BINARY
+        } else {
+            &self.binary_name
+        }
+    }
+
+    /// The runtime's state directory for `namespace`.
+    pub fn root_for(&self, namespace: &str) -> std::path::PathBuf {
+        let root = if self.root.is_empty() { DEFAULT_ROOT } else { &self.root };
+        std::path::Path::new(root).join(namespace)
+    }
 }
 
 fn type_name(any: &Any) -> &str {

@@ -9,6 +9,7 @@
 //! [`Subscription`] opened before the runtime call, and handed over when the
 //! pid is claimed. Exits nobody owns or waits for are dropped, so nothing grows.
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Child, Command};
@@ -119,7 +120,7 @@ impl Reaper {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic elsewhere must not stop exits from being routed.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner)
     }
 
     /// Runs forever: every SIGCHLD drains all exited children.
@@ -221,7 +222,7 @@ mod tests {
     static SERIAL: Mutex<()> = Mutex::new(());
 
     fn serial() -> MutexGuard<'static, ()> {
-        SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&SERIAL)
     }
 
     /// Records what it is given.

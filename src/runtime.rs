@@ -14,8 +14,6 @@ use tokio::io::AsyncReadExt;
 
 use crate::reaper::Reaper;
 
-/// Where runc-v2 keeps runtime state; Keel uses the same so tools agree.
-pub const DEFAULT_ROOT: &str = "/run/containerd/runc";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Environment variable (inherited from containerd) bounding one runtime call, in seconds.
 pub const TIMEOUT_ENV: &str = "KEEL_RUNTIME_TIMEOUT";
@@ -122,7 +120,7 @@ fn stdio(fd: Option<OwnedFd>) -> Stdio {
 impl Runtime {
     pub fn new(binary: &str, root: &Path, bundle: &Path, systemd_cgroup: bool, reaper: Reaper) -> Self {
         Runtime {
-            binary: if binary.is_empty() { "runc".into() } else { binary.into() },
+            binary: binary.into(),
             root: root.to_path_buf(),
             log: bundle.join("log.json"),
             systemd_cgroup,

@@ -1,5 +1,6 @@
 //! The shim's containers, keyed by namespace and id.
 
+use crate::sync::lock;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -63,19 +64,19 @@ impl<T> Reservation<'_, T> {
 
 impl<T> Drop for Reservation<'_, T> {
     fn drop(&mut self) {
-        self.list.reserved.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+        lock(&self.list.reserved).remove(&self.key);
     }
 }
 
 impl<T> TaskList<T> {
     fn lock(&self) -> MutexGuard<'_, Tasks<T>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner)
     }
 
     /// Holds `id` for a Create; fails if a task of that id exists or is being created.
     pub fn reserve(&self, namespace: &str, id: &str) -> Result<Reservation<'_, T>> {
         let all = self.lock();
-        let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reserved = lock(&self.reserved);
         let key = (namespace.to_string(), id.to_string());
         if all.get(namespace).is_some_and(|ns| ns.contains_key(id)) {
             return Err(Error::AlreadyExists(format!("task {id} already exists in namespace {namespace}")));

@@ -5,6 +5,7 @@
 //! kills is the truth: [`OomMonitor::check`] publishes when it grew, and the
 //! exit path calls it too, so /tasks/oom is out before the /tasks/exit it caused.
 
+use crate::sync::lock;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
@@ -59,14 +60,14 @@ impl OomMonitor {
             std::fs::write(dir.join("cgroup.event_control"), format!("{} {}", efd.as_fd().as_raw_fd(), control.as_raw_fd()))?;
             tokio::spawn(watch_v1(watcher, efd, control))
         };
-        *mon.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
+        *lock(&mon.task) = Some(task.abort_handle());
         Ok(mon)
     }
 
     /// Reports kills not reported yet (at most one event per call, like runc-v2).
     pub fn check(&self) {
         let Some(now) = oom_kills(&self.counter) else { return };
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = lock(&self.seen);
         if now > *seen {
             *seen = now;
             drop(seen);
@@ -75,7 +76,7 @@ impl OomMonitor {
     }
 
     pub fn stop(&self) {
-        if let Some(t) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(t) = lock(&self.task).take() {
             t.abort();
         }
     }

@@ -3,11 +3,21 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+#[derive(Debug, thiserror::Error)]
+pub enum ShimCgroupError {
+    #[error("ShimCgroup {path:?}: read /proc/self/mountinfo: {source}")]
+    Mountinfo { path: String, source: std::io::Error },
+    #[error("ShimCgroup {path:?}: no cgroup hierarchy is mounted")]
+    NoHierarchy { path: String },
+    #[error("ShimCgroup {path:?}: join {}: {source}", dir.display())]
+    Join { path: String, dir: PathBuf, source: std::io::Error },
+}
+
 /// Makes the kernel prefer killing containers over their shim (one above
 /// containerd's score), then moves the shim into `shim_cgroup` if set.
 /// The score is best effort: this kernel may refuse to lower a score without
 /// CAP_SYS_RESOURCE. A cgroup that cannot be joined is an error.
-pub fn confine_shim(pid: u32, shim_cgroup: &str) -> Result<(), String> {
+pub fn confine_shim(pid: u32, shim_cgroup: &str) -> Result<(), ShimCgroupError> {
     let parent = std::fs::read_to_string("/proc/self/oom_score_adj").ok().and_then(|s| s.trim().parse::<i32>().ok()).unwrap_or(0);
     let score = (parent + 1).min(1000);
     if let Err(e) = std::fs::write(format!("/proc/{pid}/oom_score_adj"), score.to_string()) {
@@ -16,14 +26,14 @@ pub fn confine_shim(pid: u32, shim_cgroup: &str) -> Result<(), String> {
     if shim_cgroup.is_empty() {
         return Ok(());
     }
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("read mountinfo: {e}"))?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| ShimCgroupError::Mountinfo { path: shim_cgroup.into(), source })?;
     join_cgroup(pid, shim_cgroup, &mountinfo)
 }
 
 /// Writes `pid` into `path` of every v1 hierarchy, or of the v2 one on a
 /// unified host, creating the directories as needed. A failure removes the
 /// directories this call created.
-fn join_cgroup(pid: u32, path: &str, mountinfo: &str) -> Result<(), String> {
+fn join_cgroup(pid: u32, path: &str, mountinfo: &str) -> Result<(), ShimCgroupError> {
     let mounts = super::cgroup_mounts(mountinfo);
     let rel = path.trim_start_matches('/');
     let v1: BTreeSet<PathBuf> = mounts.iter().filter(|(c, _)| !c.is_empty()).map(|(_, (_, point))| point.clone()).collect();
@@ -33,13 +43,13 @@ fn join_cgroup(pid: u32, path: &str, mountinfo: &str) -> Result<(), String> {
         v1.into_iter().map(|p| p.join(rel)).collect()
     };
     if dirs.is_empty() {
-        return Err(format!("ShimCgroup {path:?}: no cgroup hierarchy is mounted"));
+        return Err(ShimCgroupError::NoHierarchy { path: path.into() });
     }
     let mut created = Vec::new();
     let res = dirs.iter().try_for_each(|dir| {
         create_cgroup(dir, &mut created)
             .and_then(|_| std::fs::write(dir.join("cgroup.procs"), pid.to_string()))
-            .map_err(|e| format!("ShimCgroup {path:?}: join {}: {e}", dir.display()))
+            .map_err(|source| ShimCgroupError::Join { path: path.into(), dir: dir.clone(), source })
     });
     if res.is_err() {
         for dir in created.iter().rev() {

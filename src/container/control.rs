@@ -10,7 +10,7 @@ use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::oci::{CheckpointOptions, ProcessDetails};
 use containerd_shim_protos::types::task::ProcessInfo;
 
-use super::process::Status;
+use super::process::{Op, Status};
 use super::{lock, Container};
 use crate::cgroups::stats;
 use crate::error::{Error, Result};
@@ -37,7 +37,7 @@ impl Container {
     pub fn stats(&self) -> Result<Any> {
         {
             let st = self.init.lock();
-            self.init.require(&st, &[Status::Created, Status::Running, Status::Paused], "collect stats of", &self.id)?;
+            self.init.check(&st, Op::Stats, &self.id)?;
         }
         let cg = self.cgroup.get().ok_or_else(|| Error::NotFound(format!("task {}: its cgroup is unknown", self.id)))?;
         Ok(stats::collect(cg))
@@ -65,7 +65,7 @@ impl Container {
     pub async fn pause(&self) -> Result<()> {
         {
             let st = self.init.lock();
-            self.init.require(&st, &[Status::Running], "pause", &self.id)?;
+            self.init.check(&st, Op::Pause, &self.id)?;
         }
         self.runtime.pause(&self.id).await?;
         {
@@ -81,7 +81,7 @@ impl Container {
     pub async fn resume(&self) -> Result<()> {
         {
             let st = self.init.lock();
-            self.init.require(&st, &[Status::Paused], "resume", &self.id)?;
+            self.init.check(&st, Op::Resume, &self.id)?;
         }
         self.runtime.resume(&self.id).await?;
         {
@@ -97,7 +97,7 @@ impl Container {
     pub async fn update(&self, resources: &Any) -> Result<()> {
         {
             let st = self.init.lock();
-            self.init.require(&st, &[Status::Created, Status::Running, Status::Paused], "update", &self.id)?;
+            self.init.check(&st, Op::Update, &self.id)?;
         }
         let res: oci_spec::runtime::LinuxResources = serde_json::from_slice(&resources.value)
             .map_err(|e| Error::InvalidArgument(format!("task {}: invalid resources: {e}", self.id)))?;
@@ -106,7 +106,7 @@ impl Container {
         let json = serde_json::to_vec(&res).map_err(|e| Error::Internal(format!("encode resources: {e}")))?;
         std::fs::write(&file, json).map_err(|e| Error::io(format!("write {}", file.display()), e))?;
         let r = self.runtime.update(&self.id, &file).await;
-        let _ = std::fs::remove_file(&file);
+        self.remove_file(&file);
         Ok(r?)
     }
 
@@ -114,7 +114,7 @@ impl Container {
     pub async fn checkpoint(&self, image: &str, opts: &CheckpointOptions) -> Result<()> {
         {
             let st = self.init.lock();
-            self.init.require(&st, &[Status::Running, Status::Paused], "checkpoint", &self.id)?;
+            self.init.check(&st, Op::Checkpoint, &self.id)?;
         }
         // The request's path wins, as with runc-v2: containerd stores what is
         // there as the checkpoint (1.6 passes image_path only to runc runtimes).
@@ -126,7 +126,11 @@ impl Container {
         let args = checkpoint_args(image, &work, opts);
         let r = self.runtime.checkpoint(&self.id, &args).await;
         if opts.work_path.is_empty() {
-            let _ = std::fs::remove_dir_all(&work);
+            if let Err(e) = std::fs::remove_dir_all(&work) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    log::warn!("task {}: remove CRIU work dir {}: {e}", self.id, work.display());
+                }
+            }
         }
         r?;
         self.publisher.publish(

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::events::Publisher;
 use crate::options::RuntimeOptions;
 use crate::reaper::{Exit, Reaper};
-use crate::runtime::{read_pid_file, CreateOpts, OciRuntime, Runtime, DEFAULT_ROOT};
+use crate::runtime::{read_pid_file, CreateOpts, OciRuntime, Runtime};
 use crate::stdio::{self, StdioConfig};
 
 pub struct CreateRequest {
@@ -47,8 +47,7 @@ impl Container {
     /// already died during the runtime call. With a checkpoint, only the
     /// container is set up: the restore runs at Start, as with runc-v2.
     pub async fn create(req: CreateRequest, reaper: Reaper, publisher: Publisher) -> Result<(Arc<Container>, Option<Exit>)> {
-        let root = if req.options.root.is_empty() { PathBuf::from(DEFAULT_ROOT) } else { PathBuf::from(&req.options.root) };
-        let runtime = Runtime::new(&req.options.binary_name, &root.join(&req.namespace), &req.bundle, req.options.systemd_cgroup, reaper.clone());
+        let runtime = Runtime::new(req.options.binary(), &req.options.root_for(&req.namespace), &req.bundle, req.options.systemd_cgroup, reaper.clone());
         Container::create_with(req, Arc::new(runtime), reaper, publisher).await
     }
 
@@ -119,7 +118,7 @@ impl Container {
         };
         let sub = self.reaper.subscribe();
         if let Err(e) = self.runtime.create(id, &self.bundle, &opts, rio).await {
-            let _ = self.runtime.delete(id, true).await;
+            self.undo_create("a failed runtime create").await;
             return Err(e.into());
         }
         let adopt = async {
@@ -135,7 +134,7 @@ impl Container {
         let (pid, claim) = match adopt.await {
             Ok(v) => v,
             Err(e) => {
-                let _ = self.runtime.delete(id, true).await;
+                self.undo_create(&format!("failing to adopt its init ({e})")).await;
                 return Err(e);
             }
         };

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use containerd_shim_protos::events::task::{TaskExecAdded, TaskExecStarted};
 
-use super::process::{Process, Status};
+use super::process::{Op, Process, Status};
 use super::{lock, Container};
 use crate::error::{Error, Result};
 use crate::runtime::read_pid_file;
@@ -22,9 +22,7 @@ impl Container {
             // still running to containerd: adding an exec is allowed, starting
             // it is not (see `start_exec`).
             let st = self.init.lock();
-            if matches!(st.status, Status::Stopped | Status::Deleted) {
-                return Err(Error::FailedPrecondition(format!("cannot exec in task {}: it is stopped", self.id)));
-            }
+            self.init.check(&st, Op::AddExec, &self.id)?;
         }
         let mut execs = lock(&self.execs);
         if execs.contains_key(exec_id) {
@@ -45,14 +43,9 @@ impl Container {
             // refuses this start or waits for this exec's outcome.
             let mut gate = lock(&self.gate);
             let mut st = p.lock();
-            p.require(&st, &[Status::Created], "start", &self.id)?;
-            if st.starting {
-                return Err(Error::FailedPrecondition(format!("{} is already starting", p.describe(&self.id))));
-            }
-            if self.init.lock().reaped {
-                return Err(Error::FailedPrecondition(format!("cannot start {}: the init process is not running", p.describe(&self.id))));
-            }
-            st.starting = true;
+            p.check(&st, Op::Start, &self.id)?;
+            self.init.check(&self.init.lock(), Op::StartExec(&p.exec_id), &self.id)?;
+            p.begin_start(&mut st, &self.id)?;
             gate.running_execs += 1;
         }
         match self.run_exec(p).await {
@@ -65,7 +58,7 @@ impl Container {
                 Ok(pid)
             }
             Err(e) => {
-                p.lock().starting = false;
+                p.lock().end_start();
                 self.exec_finished();
                 Err(e)
             }
@@ -77,21 +70,21 @@ impl Container {
         let spec_file = self.bundle.join(format!("{stem}.json"));
         let pid_file = self.bundle.join(format!("{stem}.pid"));
         std::fs::write(&spec_file, &p.spec).map_err(|e| Error::io(format!("write {}", spec_file.display()), e))?;
-        let _ = std::fs::remove_file(&pid_file);
+        self.remove_file(&pid_file);
         let (rio, prepared) = stdio::prepare(&p.stdio, self.io_owner(), &self.namespace, &self.id, &self.reaper).await?;
         let sub = self.reaper.subscribe();
         let res = self
             .runtime
             .exec(&self.id, &spec_file, &pid_file, prepared.console.as_ref().map(|c| c.path()), rio)
             .await;
-        let _ = std::fs::remove_file(&spec_file);
+        self.remove_file(&spec_file);
         res?;
         let master = match &prepared.console {
             Some(c) => Some(c.receive().await?),
             None => None,
         };
         let pid = read_pid_file(&pid_file).map_err(|e| Error::io(format!("{}: read pid file", p.describe(&self.id)), e))?;
-        let _ = std::fs::remove_file(&pid_file);
+        self.remove_file(&pid_file);
         let claim = self.reaper.claim(pid, self.owner(&p.exec_id), &sub);
         drop(sub);
         p.set_io(prepared.start(master).await?);
@@ -101,8 +94,7 @@ impl Container {
         st.pidfd = claim.pidfd.map(Arc::new);
         p.transition(&mut st, Status::Running, &self.id)?;
         if let Some(exit) = early {
-            st.reaped = true;
-            st.pending_exit = Some(exit);
+            st.reaped_now(exit);
         }
         Ok(pid)
     }

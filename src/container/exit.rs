@@ -24,15 +24,10 @@ impl Container {
             log::debug!("exit of pid {} for deleted exec {exec_id} of {}", exit.pid, self.id);
             return;
         };
-        {
-            let mut st = p.lock();
-            st.reaped = true;
-            if st.starting {
-                st.pending_exit = Some(exit);
-                return;
-            }
+        let now = p.lock().reaped_now(exit);
+        if let Some(exit) = now {
+            self.handle_exit(p, exit);
         }
-        self.handle_exit(p, exit);
     }
 
     pub(super) fn handle_exit(self: &Arc<Self>, p: Arc<Process>, exit: Exit) {

@@ -11,12 +11,12 @@ mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use containerd_shim_protos::events::task::{TaskOOM, TaskStart};
 
 pub use create::CreateRequest;
-use process::{Process, Status};
+use process::{Op, Process, Status};
 
 use crate::cgroups::oom::OomMonitor;
 use crate::cgroups::Cgroup;
@@ -26,6 +26,7 @@ use crate::options::RuntimeOptions;
 use crate::reaper::{ExitSink, Owner, Reaper};
 use crate::runtime::OciRuntime;
 use crate::stdio;
+use crate::sync::lock;
 
 #[derive(Default)]
 struct ExitGate {
@@ -60,11 +61,24 @@ pub struct Container {
     restore_from: Mutex<Option<PathBuf>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Container {
+    /// Removes a file Keel made in the bundle; anything but "already gone"
+    /// is logged, as a clean-up must not hide the answer being given.
+    fn remove_file(&self, path: &std::path::Path) {
+        if let Err(e) = std::fs::remove_file(path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                log::warn!("task {}: remove {}: {e}", self.id, path.display());
+            }
+        }
+    }
+
+    /// `runtime delete --force` after a failed create or start: logged if it fails too.
+    async fn undo_create(&self, why: &str) {
+        if let Err(e) = self.runtime.delete(&self.id, true).await {
+            log::warn!("container {}: clean up after {why}: {e}", self.id);
+        }
+    }
+
     pub fn init(&self) -> &Arc<Process> {
         &self.init
     }
@@ -101,17 +115,15 @@ impl Container {
     async fn start_init(self: &Arc<Self>, p: &Arc<Process>) -> Result<i32> {
         {
             let mut st = p.lock();
-            p.require(&st, &[Status::Created], "start", &self.id)?;
-            if st.starting {
-                return Err(Error::FailedPrecondition(format!("task {} is already starting", self.id)));
-            }
-            st.starting = true;
+            p.begin_start(&mut st, &self.id)?;
         }
         let restore = lock(&self.restore_from).take();
         let res = match &restore {
             Some(image) => match self.launch(Some(image)).await {
                 Ok(early) => {
-                    p.lock().pending_exit = early;
+                    if let Some(exit) = early {
+                        p.lock().hold_exit(exit);
+                    }
                     Ok(())
                 }
                 Err(e) => {
@@ -123,7 +135,7 @@ impl Container {
         };
         let pid = {
             let mut st = p.lock();
-            if res.is_ok() && !st.reaped {
+            if res.is_ok() && !st.reaped() {
                 p.transition(&mut st, Status::Running, &self.id)?;
             }
             st.pid
@@ -138,11 +150,7 @@ impl Container {
 
     /// Ends a Start's hold on exits, handling one that arrived meanwhile.
     fn release_pending_exit(self: &Arc<Self>, p: &Arc<Process>) {
-        let pending = {
-            let mut st = p.lock();
-            st.starting = false;
-            st.pending_exit.take()
-        };
+        let pending = p.lock().end_start();
         if let Some(exit) = pending {
             self.handle_exit(p.clone(), exit);
         }
@@ -157,13 +165,7 @@ impl Container {
         }
         let (pid, pidfd) = {
             let st = p.lock();
-            p.require(&st, &[Status::Created, Status::Running, Status::Paused], "kill", &self.id)?;
-            if st.reaped {
-                return Err(Error::NotFound(format!("{}: process already finished", p.describe(&self.id))));
-            }
-            if !p.is_init() && st.pid == 0 {
-                return Err(Error::FailedPrecondition(format!("{}: process not started", p.describe(&self.id))));
-            }
+            p.check(&st, Op::Kill, &self.id)?;
             (st.pid, st.pidfd.clone())
         };
         if p.is_init() {
@@ -195,7 +197,7 @@ impl Container {
         let p = self.process(exec_id)?;
         {
             let st = p.lock();
-            p.require(&st, &[Status::Created, Status::Stopped], "delete", &self.id)?;
+            p.check(&st, Op::Delete, &self.id)?;
         }
         if !p.is_init() {
             lock(&self.execs).remove(exec_id);
@@ -260,7 +262,7 @@ impl Container {
         if self.mounted_rootfs {
             crate::mount::unmount_all(&self.bundle.join("rootfs"));
         }
-        let _ = std::fs::remove_file(self.bundle.join("init.pid"));
+        self.remove_file(&self.bundle.join("init.pid"));
     }
 
     pub fn resize(&self, exec_id: &str, width: u32, height: u32) -> Result<()> {

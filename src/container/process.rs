@@ -1,6 +1,7 @@
 //! One process of a container (its init or an exec) and its state machine.
 //! Every state change goes through [`Process::transition`].
 
+use crate::sync::lock;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -31,6 +32,39 @@ impl Status {
     }
 }
 
+/// What a request asks of a process (see [`Process::check`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Op<'a> {
+    Start,
+    Kill,
+    Delete,
+    /// Checked on the init: may an exec be added?
+    AddExec,
+    /// Checked on the init: may exec `.0` start?
+    StartExec(&'a str),
+    Pause,
+    Resume,
+    Update,
+    Stats,
+    Checkpoint,
+}
+
+impl Op<'_> {
+    fn verb(self) -> &'static str {
+        match self {
+            Op::Start | Op::StartExec(_) => "start",
+            Op::Kill => "kill",
+            Op::Delete => "delete",
+            Op::AddExec => "exec in",
+            Op::Pause => "pause",
+            Op::Resume => "resume",
+            Op::Update => "update",
+            Op::Stats => "collect stats of",
+            Op::Checkpoint => "checkpoint",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct State {
     pub status: Status,
@@ -40,12 +74,42 @@ pub struct State {
     /// A Start is between its runtime call and its start event: an exit that
     /// arrives now is held until the event is out, so /tasks/exit never
     /// precedes /tasks/start.
-    pub starting: bool,
-    pub pending_exit: Option<Exit>,
+    starting: bool,
+    pending_exit: Option<Exit>,
     /// The pid is gone (reaped): signals must not reach a recycled pid.
-    pub reaped: bool,
+    reaped: bool,
     /// Signals go through this when the kernel has pidfds.
     pub pidfd: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+}
+
+impl State {
+    pub fn reaped(&self) -> bool {
+        self.reaped
+    }
+
+    /// The process was collected. During a Start the exit is held (returns
+    /// `None`) until [`State::end_start`] hands it back.
+    pub fn reaped_now(&mut self, exit: Exit) -> Option<Exit> {
+        self.reaped = true;
+        if self.starting {
+            self.pending_exit = Some(exit);
+            None
+        } else {
+            Some(exit)
+        }
+    }
+
+    /// Holds an exit that came with the Start itself (the process died
+    /// before its pid was claimed).
+    pub fn hold_exit(&mut self, exit: Exit) {
+        self.pending_exit = Some(exit);
+    }
+
+    /// Ends a Start; returns an exit that arrived meanwhile.
+    pub fn end_start(&mut self) -> Option<Exit> {
+        self.starting = false;
+        self.pending_exit.take()
+    }
 }
 
 pub struct Process {
@@ -89,7 +153,7 @@ impl Process {
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     pub fn pid(&self) -> i32 {
@@ -126,16 +190,43 @@ impl Process {
         Ok(())
     }
 
-    /// Fails unless the process is in one of `allowed`, naming what it is.
-    pub fn require(&self, st: &State, allowed: &[Status], action: &str, container: &str) -> Result<()> {
-        if allowed.contains(&st.status) {
-            return Ok(());
-        }
+    /// The one table of what each state allows, and what a refusal is.
+    /// Besides `status`, two facts decide: a Start at work (`starting`) and
+    /// an exit collected but not yet reported (`reaped` while still running:
+    /// the init's exit held for an exec, or an exit during Start).
+    pub fn check(&self, st: &State, op: Op, container: &str) -> Result<()> {
+        use Status::*;
         let what = self.describe(container);
-        Err(match st.status {
-            Status::Stopped | Status::Deleted if action == "kill" => Error::NotFound(format!("{what}: process already finished")),
-            s => Error::FailedPrecondition(format!("cannot {action} {what}: it is {}", s.name())),
-        })
+        let s = st.status;
+        let gone = st.reaped || matches!(s, Stopped | Deleted);
+        match op {
+            Op::Start if st.starting => Err(Error::FailedPrecondition(format!("{what} is already starting"))),
+            Op::Start if s == Created => Ok(()),
+            // containerd and the CRI plugin take NotFound as "already dead"
+            // (runc-v2's checkKillError); a reaped pid may have been reused.
+            Op::Kill if gone => Err(Error::NotFound(format!("{what}: process already finished"))),
+            Op::Kill if !self.is_init() && st.pid == 0 => Err(Error::FailedPrecondition(format!("{what}: process not started"))),
+            Op::Kill => Ok(()),
+            Op::Delete if matches!(s, Created | Stopped) => Ok(()),
+            // An init whose exit is held still looks running: an exec may be
+            // added (containerd issue 10589), but not started.
+            Op::AddExec if !matches!(s, Stopped | Deleted) => Ok(()),
+            Op::AddExec => Err(Error::FailedPrecondition(format!("cannot exec in {what}: it is stopped"))),
+            Op::StartExec(exec) if gone => Err(Error::FailedPrecondition(format!("cannot start exec {exec} of {what}: the init process is not running"))),
+            Op::StartExec(_) => Ok(()),
+            Op::Pause if s == Running => Ok(()),
+            Op::Resume if s == Paused => Ok(()),
+            Op::Update | Op::Stats if matches!(s, Created | Running | Paused) => Ok(()),
+            Op::Checkpoint if matches!(s, Running | Paused) => Ok(()),
+            _ => Err(Error::FailedPrecondition(format!("cannot {} {what}: it is {}", op.verb(), s.name()))),
+        }
+    }
+
+    /// Checks and marks a Start: exits that arrive until [`State::end_start`] are held.
+    pub fn begin_start(&self, st: &mut State, container: &str) -> Result<()> {
+        self.check(st, Op::Start, container)?;
+        st.starting = true;
+        Ok(())
     }
 
     pub fn set_exited(&self, exit: Exit, container: &str) {
@@ -152,15 +243,15 @@ impl Process {
     }
 
     pub fn set_io(&self, io: IoHandle) {
-        *self.io.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(io));
+        *lock(&self.io) = Some(Arc::new(io));
     }
 
     pub fn io(&self) -> Option<Arc<IoHandle>> {
-        self.io.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.io).clone()
     }
 
     pub fn close_io(&self) {
-        self.io.lock().unwrap_or_else(|p| p.into_inner()).take();
+        lock(&self.io).take();
     }
 
     pub async fn drain_io(&self) {
@@ -173,5 +264,55 @@ impl Process {
     pub async fn wait(&self) {
         let mut rx = self.done.subscribe();
         let _ = rx.wait_for(|done| *done).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use containerd_shim_protos::ttrpc::Code;
+
+    fn state(status: Status, starting: bool, reaped: bool) -> State {
+        State { status, pid: 7, exit_status: 0, exited_at: None, starting, pending_exit: None, reaped, pidfd: None }
+    }
+
+    /// The conformance rules in one screen: the gRPC code (0 = allowed) of
+    /// each operation on the init in each phase.
+    #[test]
+    fn what_each_state_allows() {
+        let init = Process::new("", StdioConfig::default(), Vec::new());
+        let phases = [
+            ("created", state(Status::Created, false, false)),
+            ("starting", state(Status::Created, true, false)),
+            ("running", state(Status::Running, false, false)),
+            ("exit held", state(Status::Running, false, true)),
+            ("paused", state(Status::Paused, false, false)),
+            ("stopped", state(Status::Stopped, false, true)),
+        ];
+        let fp = Code::FAILED_PRECONDITION as i32;
+        let nf = Code::NOT_FOUND as i32;
+        #[rustfmt::skip]
+        let table: [(Op, [i32; 6]); 9] = [
+            //                   created starting running held paused stopped
+            (Op::Start,          [0,  fp, fp, fp, fp, fp]),
+            (Op::Kill,           [0,  0,  0,  nf, 0,  nf]),
+            (Op::Delete,         [0,  0,  fp, fp, fp, 0 ]),
+            (Op::AddExec,        [0,  0,  0,  0,  0,  fp]),
+            (Op::StartExec("e"), [0,  0,  0,  fp, 0,  fp]),
+            (Op::Pause,          [fp, fp, 0,  0,  fp, fp]),
+            (Op::Resume,         [fp, fp, fp, fp, 0,  fp]),
+            (Op::Update,         [0,  0,  0,  0,  0,  fp]),
+            (Op::Checkpoint,     [fp, fp, 0,  0,  0,  fp]),
+        ];
+        for (op, want) in table {
+            for ((phase, st), want) in phases.iter().zip(want) {
+                let got = init.check(st, op, "c1").map(|_| 0).unwrap_or_else(|e| e.code() as i32);
+                assert_eq!(got, want, "{op:?} on a {phase} init");
+            }
+        }
+        // An exec that never started cannot be signalled.
+        let exec = Process::new("e1", StdioConfig::default(), Vec::new());
+        let err = exec.check(&State { pid: 0, ..state(Status::Created, false, false) }, Op::Kill, "c1").expect_err("not started");
+        assert!(err.to_string().contains("exec e1 of task c1: process not started"), "{err}");
     }
 }

@@ -16,6 +16,7 @@ mod copy;
 mod logs;
 mod uri;
 
+use crate::sync::lock;
 use std::fs::OpenOptions as FileOptions;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -286,20 +287,20 @@ impl IoHandle {
     /// CloseIO: the client is done writing. What is already in the fifo is
     /// still copied; the container sees EOF once the client's writer is closed.
     pub fn close_stdin(&self) {
-        self.stdin_keepalive.lock().unwrap_or_else(|p| p.into_inner()).take();
+        lock(&self.stdin_keepalive).take();
     }
 
     /// The process is gone: stop the stdin copy, whoever still writes.
     fn abort_stdin(&self) {
         self.close_stdin();
-        if let Some(task) = self.stdin.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(task) = lock(&self.stdin).take() {
             task.abort();
         }
     }
 
     /// Waits until every output copy reached EOF, at most `limit`.
     pub async fn drain(&self, limit: Duration) {
-        let tasks: Vec<_> = std::mem::take(&mut *self.outputs.lock().unwrap_or_else(|p| p.into_inner()));
+        let tasks: Vec<_> = std::mem::take(&mut *lock(&self.outputs));
         let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
         let all = async {
             for t in tasks {
