@@ -84,7 +84,8 @@ mod tests {
 
     #[test]
     fn containerd_start_command_line() {
-        let f = parse(args("-namespace default -address /run/c.sock -publish-binary /usr/bin/containerd -id c1 -debug start")).expect("parse");
+        let f =
+            parse(args("-namespace default -address /run/c.sock -publish-binary /usr/bin/containerd -id c1 -debug start")).expect("parse");
         assert_eq!(f.namespace, "default");
         assert_eq!(f.id, "c1");
         assert_eq!(f.address, "/run/c.sock");

@@ -31,13 +31,7 @@ impl log::Log for FifoLogger {
             log::Level::Trace => "trace",
         };
         let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        let line = format!(
-            "time=\"{}\" level={} msg={:?} {}\n",
-            rfc3339_nano(now),
-            level,
-            record.args().to_string(),
-            self.fields
-        );
+        let line = format!("time=\"{}\" level={} msg={:?} {}\n", rfc3339_nano(now), level, record.args().to_string(), self.fields);
         if let Ok(mut f) = self.out.lock() {
             let _ = f.write_all(line.as_bytes());
         }

@@ -83,10 +83,14 @@ fn read_stdin() -> Vec<u8> {
 /// OCI runtime's own `features` document.
 pub fn info() -> Result<()> {
     let input = read_stdin();
-    let any = (!input.is_empty()).then(|| Any::parse_from_bytes(&input)).transpose().map_err(|e| Error::InvalidArgument(format!("runtime options on stdin: {e}")))?;
+    let any = (!input.is_empty())
+        .then(|| Any::parse_from_bytes(&input))
+        .transpose()
+        .map_err(|e| Error::InvalidArgument(format!("runtime options on stdin: {e}")))?;
     let opts = crate::options::decode(any.as_ref())?;
     let binary = opts.binary();
-    let out = Command::new(&binary).arg("features").stdin(Stdio::null()).output().map_err(|e| Error::io(format!("run {binary} features"), e))?;
+    let out =
+        Command::new(binary).arg("features").stdin(Stdio::null()).output().map_err(|e| Error::io(format!("run {binary} features"), e))?;
     if !out.status.success() {
         return Err(Error::FailedPrecondition(format!("{binary} features: {}", String::from_utf8_lossy(&out.stderr).trim())));
     }
@@ -197,10 +201,8 @@ pub fn save_options(bundle: &Path, o: &RuntimeOptions) {
 }
 
 fn load_options(bundle: &Path) -> RuntimeOptions {
-    let v: serde_json::Value = std::fs::read(bundle.join("options.json"))
-        .ok()
-        .and_then(|t| serde_json::from_slice(&t).ok())
-        .unwrap_or_default();
+    let v: serde_json::Value =
+        std::fs::read(bundle.join("options.json")).ok().and_then(|t| serde_json::from_slice(&t).ok()).unwrap_or_default();
     RuntimeOptions {
         binary_name: v["binary_name"].as_str().unwrap_or_default().to_string(),
         root: v["root"].as_str().unwrap_or_default().to_string(),
@@ -243,7 +245,12 @@ pub fn delete(flags: &Flags) -> Result<()> {
             }
         }
     }
-    let resp = DeleteResponse { pid: 0, exit_status: 128 + libc::SIGKILL as u32, exited_at: Some(timestamp(SystemTime::now())).into(), ..Default::default() };
+    let resp = DeleteResponse {
+        pid: 0,
+        exit_status: 128 + libc::SIGKILL as u32,
+        exited_at: Some(timestamp(SystemTime::now())).into(),
+        ..Default::default()
+    };
     let bytes = resp.write_to_bytes().map_err(|e| Error::Internal(format!("encode delete response: {e}")))?;
     std::io::stdout().write_all(&bytes).map_err(|e| Error::io("write delete response", e))
 }

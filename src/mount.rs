@@ -55,7 +55,11 @@ pub fn mount_all(mounts: &[Mount], target: &Path, container: &str) -> Result<()>
             }
             let err = std::io::Error::from(e);
             let msg = format!("container {container}: mount {} {:?} on {}: {err}", m.type_, m.source, target.display());
-            return Err(if err.kind() == std::io::ErrorKind::NotFound { Error::NotFound(msg) } else { Error::Io { context: msg, source: err } });
+            return Err(if err.kind() == std::io::ErrorKind::NotFound {
+                Error::NotFound(msg)
+            } else {
+                Error::Io { context: msg, source: err }
+            });
         }
         // A bind mount ignores MS_RDONLY until remounted.
         if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
@@ -80,7 +84,8 @@ mod tests {
 
     #[test]
     fn options_split_into_flags_and_data() {
-        let opts: Vec<String> = ["ro", "rbind", "nosuid", "lowerdir=/a:/b", "upperdir=/u", "index=off"].iter().map(|s| s.to_string()).collect();
+        let opts: Vec<String> =
+            ["ro", "rbind", "nosuid", "lowerdir=/a:/b", "upperdir=/u", "index=off"].iter().map(|s| s.to_string()).collect();
         let (flags, data) = parse_options(&opts);
         assert!(flags.contains(MsFlags::MS_RDONLY | MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_NOSUID));
         assert_eq!(data, "lowerdir=/a:/b,upperdir=/u,index=off");

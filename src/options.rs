@@ -128,9 +128,7 @@ pub fn from_toml(text: &str) -> std::result::Result<RuntimeOptions, String> {
     for (key, value) in &table {
         let string = || value.as_str().map(str::to_string).ok_or_else(|| format!("{key} must be a string"));
         let boolean = || value.as_bool().ok_or_else(|| format!("{key} must be true or false"));
-        let id = || {
-            value.as_integer().and_then(|v| u32::try_from(v).ok()).ok_or_else(|| format!("{key} must be a non-negative integer"))
-        };
+        let id = || value.as_integer().and_then(|v| u32::try_from(v).ok()).ok_or_else(|| format!("{key} must be a non-negative integer"));
         match key.as_str() {
             "BinaryName" => o.binary_name = string()?,
             "Root" => o.root = string()?,

@@ -19,7 +19,12 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 pub const TIMEOUT_ENV: &str = "KEEL_RUNTIME_TIMEOUT";
 
 fn configured_timeout() -> Duration {
-    std::env::var(TIMEOUT_ENV).ok().and_then(|v| v.parse::<u64>().ok()).filter(|s| *s > 0).map(Duration::from_secs).unwrap_or(DEFAULT_TIMEOUT)
+    std::env::var(TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_TIMEOUT)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,12 +177,7 @@ impl Runtime {
             Ok(r) => r,
             Err(_) => {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
-                return Err(RuntimeError::Timeout {
-                    binary: self.binary.clone(),
-                    op,
-                    id: id.into(),
-                    secs: self.timeout.as_secs(),
-                });
+                return Err(RuntimeError::Timeout { binary: self.binary.clone(), op, id: id.into(), secs: self.timeout.as_secs() });
             }
         };
         if status == 0 {
@@ -227,11 +227,11 @@ impl OciRuntime for Runtime {
     fn preflight(&self, id: &str) -> Result<()> {
         find_binary(&self.binary, std::env::var_os("PATH").as_deref(), id)?;
         // runc makes its root with 0700 too; making it here tells why it can't be.
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.root)
-            .map_err(|source| RuntimeError::Root { path: self.root.clone(), id: id.into(), source })
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.root).map_err(|source| RuntimeError::Root {
+            path: self.root.clone(),
+            id: id.into(),
+            source,
+        })
     }
 
     async fn create(&self, id: &str, bundle: &Path, opts: &CreateOpts, io: RuntimeIo) -> Result<()> {
@@ -351,7 +351,11 @@ fn find_binary(binary: &str, search: Option<&std::ffi::OsStr>, id: &str) -> Resu
             }
         }
     }
-    Err(refused.unwrap_or_else(|| RuntimeError::NotInPath { binary: binary.into(), id: id.into(), search: search.to_string_lossy().into_owned() }))
+    Err(refused.unwrap_or_else(|| RuntimeError::NotInPath {
+        binary: binary.into(),
+        id: id.into(),
+        search: search.to_string_lossy().into_owned(),
+    }))
 }
 
 fn executable(path: &Path, id: &str) -> Result<PathBuf> {
@@ -419,7 +423,9 @@ mod tests {
     fn runtime_failures_map_to_grpc_codes_per_operation() {
         let failed = |op: &'static str, m: &str| RuntimeError::Failed { binary: "runc".into(), op, id: "c".into(), message: m.into() };
         // runc and crun's words for a kill that came too late.
-        for m in ["container not running", "os: process already finished", "kill container: No such process", "container \"c\" does not exist"] {
+        for m in
+            ["container not running", "os: process already finished", "kill container: No such process", "container \"c\" does not exist"]
+        {
             assert_eq!(failed("kill", m).code(), Code::NOT_FOUND, "kill: {m}");
         }
         assert_eq!(failed("kill", "permission denied").code(), Code::UNKNOWN);

@@ -85,7 +85,8 @@ impl Service {
         // gets to clean up (runtime delete, unmount) what this one made.
         let reservation = self.tasks.reserve(&ns, &req.id)?;
         let options = crate::options::decode(req.options.as_ref())?;
-        let stdio = StdioConfig { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone(), terminal: req.terminal };
+        let stdio =
+            StdioConfig { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone(), terminal: req.terminal };
         let create = CreateRequest {
             namespace: ns.clone(),
             id: req.id.clone(),
@@ -105,7 +106,8 @@ impl Service {
                 container_id: req.id.clone(),
                 bundle: req.bundle,
                 rootfs: req.rootfs,
-                io: Some(TaskIO { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal, ..Default::default() }).into(),
+                io: Some(TaskIO { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal, ..Default::default() })
+                    .into(),
                 checkpoint: req.checkpoint,
                 pid: pid as u32,
                 ..Default::default()
@@ -235,7 +237,8 @@ impl Task for Service {
             if spec.is_empty() {
                 return Err(Error::InvalidArgument(format!("exec {} of task {}: no process spec", req.exec_id, req.id)));
             }
-            let stdio = StdioConfig { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone(), terminal: req.terminal };
+            let stdio =
+                StdioConfig { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone(), terminal: req.terminal };
             c.add_exec(&req.exec_id, stdio, spec)
         })();
         reply(&format!("exec {} {}", req.id, req.exec_id), r).map(|_| Empty::new())
@@ -254,10 +257,8 @@ impl Task for Service {
     async fn update(&self, ctx: &TtrpcContext, req: UpdateTaskRequest) -> ttrpc::Result<Empty> {
         let r = async {
             let c = self.container(ctx, &req.id)?;
-            let resources = req
-                .resources
-                .as_ref()
-                .ok_or_else(|| Error::InvalidArgument(format!("task {}: update carries no resources", req.id)))?;
+            let resources =
+                req.resources.as_ref().ok_or_else(|| Error::InvalidArgument(format!("task {}: update carries no resources", req.id)))?;
             c.update(resources).await
         };
         reply(&format!("update {}", req.id), r.await).map(|_| Empty::new())
@@ -275,7 +276,8 @@ impl Task for Service {
     }
 
     async fn stats(&self, ctx: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {
-        let r = self.container(ctx, &req.id).and_then(|c| c.stats()).map(|any| StatsResponse { stats: Some(any).into(), ..Default::default() });
+        let r =
+            self.container(ctx, &req.id).and_then(|c| c.stats()).map(|any| StatsResponse { stats: Some(any).into(), ..Default::default() });
         reply(&format!("stats {}", req.id), r)
     }
 
@@ -291,7 +293,7 @@ impl Task for Service {
 
     async fn shutdown(&self, _ctx: &TtrpcContext, req: ShutdownRequest) -> ttrpc::Result<Empty> {
         // A grouped shim serves other tasks still: only the last one ends it.
-        if req.now || self.tasks.len() == 0 {
+        if req.now || self.tasks.is_empty() {
             log::info!("shutdown requested ({} tasks left)", self.tasks.len());
             self.shutdown.notify_one();
         }

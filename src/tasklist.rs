@@ -107,6 +107,10 @@ impl<T> TaskList<T> {
     pub fn len(&self) -> usize {
         self.lock().values().map(HashMap::len).sum()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[cfg(test)]

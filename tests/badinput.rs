@@ -29,10 +29,7 @@ struct Want {
 }
 
 fn want(code: u64, needles: &[&str]) -> Want {
-    Want {
-        code,
-        needles: needles.iter().map(|s| s.to_string()).collect(),
-    }
+    Want { code, needles: needles.iter().map(|s| s.to_string()).collect() }
 }
 
 /// One row of the table.
@@ -69,13 +66,7 @@ impl Table<'_> {
         match &got {
             Rpc::Err(s) => {
                 if s.code != w.code {
-                    why.push(format!(
-                        "code {} ({}), want {} ({})",
-                        s.code,
-                        code_name(s.code),
-                        w.code,
-                        code_name(w.code)
-                    ));
+                    why.push(format!("code {} ({}), want {} ({})", s.code, code_name(s.code), w.code, code_name(w.code)));
                 }
                 for n in &w.needles {
                     if !s.message.contains(n.as_str()) {
@@ -98,25 +89,15 @@ impl Table<'_> {
     }
 
     fn print(&self) {
-        eprintln!(
-            "\n=== {} bad-input table ({} cases) ===",
-            self.r.tag,
-            self.rows.len()
-        );
+        eprintln!("\n=== {} bad-input table ({} cases) ===", self.r.tag, self.rows.len());
         for (i, row) in self.rows.iter().enumerate() {
             eprintln!(
                 "{:>2}. {:<46} {:<19} {}{}",
                 i + 1,
                 row.case,
-                row.got_code
-                    .map(|c| format!("{c} {}", code_name(c)))
-                    .unwrap_or_else(|| "-".into()),
+                row.got_code.map(|c| format!("{c} {}", code_name(c))).unwrap_or_else(|| "-".into()),
                 row.message,
-                if row.ok {
-                    String::new()
-                } else {
-                    format!("   <-- WRONG: {}", row.why)
-                }
+                if row.ok { String::new() } else { format!("   <-- WRONG: {}", row.why) }
             );
         }
         eprintln!("===");
@@ -143,22 +124,13 @@ fn bad_input(line: Line) {
     assert!(matches!(c, Rpc::Ok(_)), "{tag} create {stopped}: {c:?}");
     let s = shim.start(&stopped, "");
     assert!(matches!(s, Rpc::Ok(_)), "{tag} start {stopped}: {s:?}");
-    assert_eq!(
-        shim.wait(&stopped, "", Duration::from_secs(20))
-            .expect("wait stopped"),
-        0
-    );
+    assert_eq!(shim.wait(&stopped, "", Duration::from_secs(20)).expect("wait stopped"), 0);
     let running = r.cd.id("bi-running");
     let rb = make_bundle(&r, &victim, &running, &["sleep", "1000000"]);
     let c = shim.call(&create_req(&running, &rb));
     assert!(matches!(c, Rpc::Ok(_)), "{tag} create {running}: {c:?}");
 
-    let mut t = Table {
-        r: &r,
-        shim: shim.clone(),
-        victim: victim.clone(),
-        rows: Vec::new(),
-    };
+    let mut t = Table { r: &r, shim: shim.clone(), victim: victim.clone(), rows: Vec::new() };
     // Well-formed requests with bad values, as generated messages; the
     // requests without ids of their own take `id` and `exec_id`.
     use pb::*;
@@ -202,8 +174,12 @@ fn bad_input(line: Line) {
     t.rpc("Start: unknown exec id", StartRequest { exec_id: no.clone(), ..start(v) }, 5, &["nope"]);
     t.rpc("Kill: unknown exec id", KillRequest { exec_id: no.clone(), ..kill(v, 9) }, 5, &["nope"]);
     t.rpc("Delete: unknown exec id", DeleteRequest { id: v.into(), exec_id: no.clone(), ..Default::default() }, 5, &["nope"]);
-    t.rpc("CloseIO: unknown exec id",
-        CloseIORequest { id: v.into(), exec_id: no.clone(), stdin: true, ..Default::default() }, 5, &["nope"]);
+    t.rpc(
+        "CloseIO: unknown exec id",
+        CloseIORequest { id: v.into(), exec_id: no.clone(), stdin: true, ..Default::default() },
+        5,
+        &["nope"],
+    );
     let added = shim.call(&exec_req(&victim, "dupx", &spec));
     assert!(matches!(added, Rpc::Ok(_)), "{tag} exec dupx: {added:?}");
     t.rpc("Exec: duplicate exec id", exec_req(&victim, "dupx", &spec), 6, &["dupx"]);
@@ -212,28 +188,19 @@ fn bad_input(line: Line) {
     t.rpc("Exec: empty exec id", exec_req(&victim, "", &spec), 3, &["exec id"]);
     t.rpc("Exec: no spec", ExecProcessRequest { spec: None.into(), ..exec_req(v, "e-nospec", b"") }, 3, &["e-nospec", "spec"]);
     t.rpc("Exec: empty spec", exec_req(&victim, "e-empty", b""), 3, &["e-empty", "spec"]);
-    t.rpc("Exec: malformed JSON spec",
-        exec_req(&victim, "e-badjson", b"{\"args\": [\"sh\","), 3, &["e-badjson", "spec"]);
-    t.rpc("Exec: spec of the wrong JSON type",
-        exec_req(&victim, "e-array", b"[1,2,3]"), 3, &["e-array", "spec"]);
-    t.rpc("Exec: bad stdout URI",
-        ExecProcessRequest { stdout: "ftp:///x".into(), ..exec_req(v, "e-uri", &spec) }, 3, &["ftp:///x"]);
+    t.rpc("Exec: malformed JSON spec", exec_req(&victim, "e-badjson", b"{\"args\": [\"sh\","), 3, &["e-badjson", "spec"]);
+    t.rpc("Exec: spec of the wrong JSON type", exec_req(&victim, "e-array", b"[1,2,3]"), 3, &["e-array", "spec"]);
+    t.rpc("Exec: bad stdout URI", ExecProcessRequest { stdout: "ftp:///x".into(), ..exec_req(v, "e-uri", &spec) }, 3, &["ftp:///x"]);
     t.rpc("Exec: into a stopped task", exec_req(&stopped, "late", &spec), 9, &[&stopped, "stopped"]);
 
     // --- bundles and rootfs ---
-    t.rpc("Create: relative bundle path",
-        create_req("bi-rel", Path::new("rel/bundle")), 3, &["rel/bundle"]);
+    t.rpc("Create: relative bundle path", create_req("bi-rel", Path::new("rel/bundle")), 3, &["rel/bundle"]);
     let empty = r.cd.dir.join("bundles/bi-empty");
     std::fs::create_dir_all(&empty).unwrap();
-    t.rpc("Create: bundle without config.json",
-        create_req("bi-empty", &empty), 5, &["config.json"]);
+    t.rpc("Create: bundle without config.json", create_req("bi-empty", &empty), 5, &["config.json"]);
     let bad = r.cd.dir.join("bundles/bi-badcfg");
     std::fs::create_dir_all(&bad).unwrap();
-    std::fs::write(
-        bad.join("config.json"),
-        "{\"ociVersion\": \"1.0.2\", \"process\": ",
-    )
-    .unwrap();
+    std::fs::write(bad.join("config.json"), "{\"ociVersion\": \"1.0.2\", \"process\": ").unwrap();
     t.rpc("Create: malformed config.json", create_req("bi-badcfg", &bad), 3, &["config.json"]);
     let noroot = make_bundle(&r, &victim, "bi-noroot", &["true"]);
     {
@@ -242,22 +209,18 @@ fn bad_input(line: Line) {
         v["root"]["path"] = serde_json::json!("/nonexistent/keel-rootfs");
         std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
     }
-    t.rpc("Create: spec root path missing",
-        create_req("bi-noroot", &noroot), 5, &["/nonexistent/keel-rootfs"]);
+    t.rpc("Create: spec root path missing", create_req("bi-noroot", &noroot), 5, &["/nonexistent/keel-rootfs"]);
     let mnt = make_bundle(&r, &victim, "bi-mnt", &["true"]);
-    let mount = Mount {
-        type_: "bind".into(),
-        source: "/nonexistent/keel-layer".into(),
-        options: vec!["rbind".into()],
-        ..Default::default()
-    };
-    t.rpc("Create: rootfs mount source missing",
-        CreateTaskRequest { rootfs: vec![mount], ..create_req("bi-mnt", &mnt) }, 5, &["/nonexistent/keel-layer"]);
-    let mntcheck = crate::common::mounts_below(&mnt);
-    assert!(
-        mntcheck.is_empty(),
-        "{tag} failed create left mounts: {mntcheck:?}"
+    let mount =
+        Mount { type_: "bind".into(), source: "/nonexistent/keel-layer".into(), options: vec!["rbind".into()], ..Default::default() };
+    t.rpc(
+        "Create: rootfs mount source missing",
+        CreateTaskRequest { rootfs: vec![mount], ..create_req("bi-mnt", &mnt) },
+        5,
+        &["/nonexistent/keel-layer"],
     );
+    let mntcheck = crate::common::mounts_below(&mnt);
+    assert!(mntcheck.is_empty(), "{tag} failed create left mounts: {mntcheck:?}");
 
     // --- stdio ---
     let stdio = |id: &str, stdin: &str, stdout: &str, stderr: &str| CreateTaskRequest {
@@ -267,37 +230,56 @@ fn bad_input(line: Line) {
         ..create_req(id, &good)
     };
     t.rpc("Create: stdout URI ftp:///x", stdio("bi-ftp", "", "ftp:///x", ""), 3, &["ftp:///x"]);
-    t.rpc("Create: relative file:// path",
-        stdio("bi-relfile", "", "file://rel/x.log", ""), 3, &["file://rel/x.log"]);
+    t.rpc("Create: relative file:// path", stdio("bi-relfile", "", "file://rel/x.log", ""), 3, &["file://rel/x.log"]);
     t.rpc("Create: relative stdin path", stdio("bi-stdin", "stdin-fifo", "", ""), 3, &["stdin-fifo"]);
-    t.rpc("Create: terminal with file:// stdout",
-        CreateTaskRequest { terminal: true, ..stdio("bi-ttyfile", "", "file:///tmp/x.log", "") }, 3, &["file:///tmp/x.log", "terminal"]);
-    t.rpc("Create: binary:// as stderr only",
-        stdio("bi-binerr", "", "", "binary:///bin/true"), 3, &["binary:///bin/true"]);
+    t.rpc(
+        "Create: terminal with file:// stdout",
+        CreateTaskRequest { terminal: true, ..stdio("bi-ttyfile", "", "file:///tmp/x.log", "") },
+        3,
+        &["file:///tmp/x.log", "terminal"],
+    );
+    t.rpc("Create: binary:// as stderr only", stdio("bi-binerr", "", "", "binary:///bin/true"), 3, &["binary:///bin/true"]);
 
     // --- runtime options ---
-    t.rpc("Create: unknown options type_url",
-        CreateTaskRequest { options: any("example.com/Unknown", b"\x08\x01"), ..create_req("bi-opt1", &good) }, 3, &["example.com/Unknown"]);
+    t.rpc(
+        "Create: unknown options type_url",
+        CreateTaskRequest { options: any("example.com/Unknown", b"\x08\x01"), ..create_req("bi-opt1", &good) },
+        3,
+        &["example.com/Unknown"],
+    );
     // A well-formed Any whose value is not a runc Options message.
-    t.rpc("Create: malformed runc Options bytes",
-        CreateTaskRequest { options: any("containerd.runc.v1.Options", &[0xff, 0xff, 0xff]), ..create_req("bi-opt2", &good) }, 3, &["containerd.runc.v1.Options"]);
-    t.rpc("Create: TOML option with an unknown key",
-        with_options("bi-opt3", &good, "", "BinaryNme = \"runc\"\n"), 3, &["BinaryNme"]);
-    t.rpc("Create: TOML option of the wrong type",
-        with_options("bi-opt4", &good, "", "SystemdCgroup = \"yes\"\n"), 3, &["SystemdCgroup"]);
-    t.rpc("Create: options ConfigPath missing",
-        with_options("bi-opt5", &good, "/nonexistent/keel.toml", ""), 3, &["/nonexistent/keel.toml"]);
-    t.rpc("Create: BinaryName that does not exist",
-        with_options("bi-opt6", &good, "", "BinaryName = \"/nonexistent/runc\"\n"), 9, &["/nonexistent/runc"]);
+    t.rpc(
+        "Create: malformed runc Options bytes",
+        CreateTaskRequest { options: any("containerd.runc.v1.Options", &[0xff, 0xff, 0xff]), ..create_req("bi-opt2", &good) },
+        3,
+        &["containerd.runc.v1.Options"],
+    );
+    t.rpc("Create: TOML option with an unknown key", with_options("bi-opt3", &good, "", "BinaryNme = \"runc\"\n"), 3, &["BinaryNme"]);
+    t.rpc("Create: TOML option of the wrong type", with_options("bi-opt4", &good, "", "SystemdCgroup = \"yes\"\n"), 3, &["SystemdCgroup"]);
+    t.rpc(
+        "Create: options ConfigPath missing",
+        with_options("bi-opt5", &good, "/nonexistent/keel.toml", ""),
+        3,
+        &["/nonexistent/keel.toml"],
+    );
+    t.rpc(
+        "Create: BinaryName that does not exist",
+        with_options("bi-opt6", &good, "", "BinaryName = \"/nonexistent/runc\"\n"),
+        9,
+        &["/nonexistent/runc"],
+    );
 
     // --- signals, resize, update ---
     t.rpc("Kill: signal 65", kill(v, 65), 3, &["signal 65"]);
     t.rpc("Kill: signal 2^32-1", kill(v, u32::MAX), 3, &["4294967295"]);
-    t.rpc("ResizePty: process without a terminal",
-        ResizePtyRequest { id: v.into(), width: 80, height: 24, ..Default::default() }, 9, &[&victim, "terminal"]);
+    t.rpc(
+        "ResizePty: process without a terminal",
+        ResizePtyRequest { id: v.into(), width: 80, height: 24, ..Default::default() },
+        9,
+        &[&victim, "terminal"],
+    );
     t.rpc("Update: negative memory limit", resources(br#"{"memory":{"limit":-5}}"#), 3, &["memory.limit -5"]);
-    t.rpc("Update: no resources",
-        UpdateTaskRequest { resources: None.into(), ..resources(b"") }, 3, &[&victim, "resources"]);
+    t.rpc("Update: no resources", UpdateTaskRequest { resources: None.into(), ..resources(b"") }, 3, &[&victim, "resources"]);
     t.rpc("Update: malformed resources JSON", resources(b"{\"memory\":"), 3, &[&victim, "resources"]);
 
     // --- state machine ---
@@ -317,8 +299,7 @@ fn bad_input(line: Line) {
     // and methods; ttrpc-rust only for methods). Recorded as they are. The
     // first needs raw bytes: a length that runs past the end of the body.
     let timeout = Duration::from_secs(10);
-    t.check("State: undecodable protobuf body",
-        shim.raw("State", &[0x0a, 0xff, 0xff, 0xff, 0x0f], timeout), want(2, &["request"]));
+    t.check("State: undecodable protobuf body", shim.raw("State", &[0x0a, 0xff, 0xff, 0xff, 0x0f], timeout), want(2, &["request"]));
     let body = state(v, "").write_to_bytes().unwrap_or_else(|e| panic!("encode State: {e}"));
     t.check("Frobnicate: unknown method", shim.raw("Frobnicate", &body, timeout), want(12, &["Frobnicate"]));
     t.check(
@@ -332,20 +313,12 @@ fn bad_input(line: Line) {
     // Clean up the tasks made straight through the shim.
     let k = shim.kill(&running, "", 9, false);
     assert!(matches!(k, Rpc::Ok(_)), "{tag} kill {running}: {k:?}");
-    assert_eq!(
-        shim.wait(&running, "", Duration::from_secs(20))
-            .expect("wait running"),
-        137
-    );
+    assert_eq!(shim.wait(&running, "", Duration::from_secs(20)).expect("wait running"), 137);
     for id in [&running, &stopped] {
         let d = shim.delete(id, "");
         assert!(matches!(d, Rpc::Ok(_)), "{tag} delete {id}: {d:?}");
     }
-    assert!(
-        runc_state_entries(&r.cd.ns).iter().all(|e| e == &victim),
-        "{tag} runtime state: {:?}",
-        runc_state_entries(&r.cd.ns)
-    );
+    assert!(runc_state_entries(&r.cd.ns).iter().all(|e| e == &victim), "{tag} runtime state: {:?}", runc_state_entries(&r.cd.ns));
     r.assert_exec_works(&victim, "the bad-input table");
 
     let wrong: Vec<&Row> = t.rows.iter().filter(|r| !r.ok).collect();
@@ -355,11 +328,7 @@ fn bad_input(line: Line) {
         "{tag} {} of {} bad inputs answered wrongly:\n{}",
         wrong.len(),
         t.rows.len(),
-        wrong
-            .iter()
-            .map(|r| format!("{}: {:?} {:?}: {}", r.case, r.got_code, r.message, r.why))
-            .collect::<Vec<_>>()
-            .join("\n")
+        wrong.iter().map(|r| format!("{}: {:?} {:?}: {}", r.case, r.got_code, r.message, r.why)).collect::<Vec<_>>().join("\n")
     );
 }
 
@@ -432,18 +401,7 @@ enum F {
 fn shape(method: &str) -> Vec<F> {
     use F::*;
     match method {
-        "Create" => vec![
-            Id(1),
-            Path(2),
-            Mounts(3),
-            Bool(4),
-            Path(5),
-            Path(6),
-            Path(7),
-            Path(8),
-            Path(9),
-            Any(10),
-        ],
+        "Create" => vec![Id(1), Path(2), Mounts(3), Bool(4), Path(5), Path(6), Path(7), Path(8), Path(9), Any(10)],
         "Exec" => vec![Id(1), Id(2), Bool(3), Path(4), Path(5), Path(6), Any(7)],
         "Kill" => vec![Id(1), Id(2), Uint(3), Bool(4)],
         "ResizePty" => vec![Id(1), Id(2), Uint(3), Uint(4)],
@@ -463,15 +421,9 @@ fn weird_id(rng: &mut Rng) -> Vec<u8> {
     match rng.below(6) {
         0 => vec![b'z'; 1 + rng.below(200)],
         1 => (0..rng.below(12)).map(|_| rng.next() as u8).collect(),
-        _ => pick(
-            rng,
-            &[
-                "", "fz", "fz-1", "..", ".", "a/b", "a b", "-x", "x-", "a--b", "\u{0}", "$(id)",
-                "`id`", "a;b", "\u{e4}", "x\n",
-            ],
-        )
-        .as_bytes()
-        .to_vec(),
+        _ => pick(rng, &["", "fz", "fz-1", "..", ".", "a/b", "a b", "-x", "x-", "a--b", "\u{0}", "$(id)", "`id`", "a;b", "\u{e4}", "x\n"])
+            .as_bytes()
+            .to_vec(),
     }
 }
 
@@ -522,10 +474,7 @@ fn weird_any(rng: &mut Rng) -> Pb {
     );
     let value: Vec<u8> = match rng.below(6) {
         0 => (0..rng.below(40)).map(|_| rng.next() as u8).collect(),
-        1 => runtime_options(
-            "/nonexistent/fz.toml",
-            pick(rng, &["", "Root = 1", "BinaryName = \"/nonexistent/fz\"", "[x]\ny=1", "= ="]),
-        ),
+        1 => runtime_options("/nonexistent/fz.toml", pick(rng, &["", "Root = 1", "BinaryName = \"/nonexistent/fz\"", "[x]\ny=1", "= ="])),
         _ => pick(
             rng,
             &[
@@ -572,13 +521,7 @@ fn structured(rng: &mut Rng, method: &str) -> Vec<u8> {
                     let m = Pb::new()
                         .str(1, pick(rng, &["", "bind", "overlay", "tmpfs", "nope"]))
                         .bytes(2, &weird_path(rng))
-                        .str(
-                            4,
-                            pick(
-                                rng,
-                                &["rbind", "ro", "lowerdir=/nonexistent", "remount", ""],
-                            ),
-                        );
+                        .str(4, pick(rng, &["rbind", "ro", "lowerdir=/nonexistent", "remount", ""]));
                     b = b.msg(n, m);
                 }
                 b
@@ -593,14 +536,8 @@ fn wire_fuzz(line: Line) {
     let tag = r.tag.clone();
     let victim = r.sleeper("victim");
     let shim = r.shim(&victim);
-    let seed: u64 = std::env::var("KEEL_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x6b65656c);
-    let calls: usize = std::env::var("KEEL_FUZZ_N")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
+    let seed: u64 = std::env::var("KEEL_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x6b65656c);
+    let calls: usize = std::env::var("KEEL_FUZZ_N").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
     let mut rng = Rng((seed ^ 0x9e37_79b9_7f4a_7c15).wrapping_mul(0xbf58_476d_1ce4_e5b9) | 1);
     let spec = exec_spec(&r.cd, &victim, &["true"]);
     // Well-formed templates aimed at ids that do not exist (a mutation that
@@ -608,11 +545,14 @@ fn wire_fuzz(line: Line) {
     use pb::*;
     let enc = |m: &dyn MessageDyn| m.write_to_bytes_dyn().unwrap_or_else(|e| panic!("encode a template: {e}"));
     let templates: Vec<(&str, Vec<u8>)> = vec![
-        ("Create", enc(&CreateTaskRequest {
-            stdout: "file:///tmp/fz.log".into(),
-            options: any(RUNTIME_OPTIONS_URL, &runtime_options("", "Root = \"/tmp/fz\"\n")),
-            ..create_req("fz-c", Path::new("/nonexistent/fz"))
-        })),
+        (
+            "Create",
+            enc(&CreateTaskRequest {
+                stdout: "file:///tmp/fz.log".into(),
+                options: any(RUNTIME_OPTIONS_URL, &runtime_options("", "Root = \"/tmp/fz\"\n")),
+                ..create_req("fz-c", Path::new("/nonexistent/fz"))
+            }),
+        ),
         ("State", enc(&StateRequest { id: "fz-s".into(), exec_id: "e".into(), ..Default::default() })),
         ("Start", enc(&StartRequest { id: "fz-s".into(), ..Default::default() })),
         ("Kill", enc(&KillRequest { id: "fz-k".into(), signal: 9, all: true, ..Default::default() })),
@@ -621,11 +561,14 @@ fn wire_fuzz(line: Line) {
         ("Pids", enc(&PidsRequest { id: "fz-p".into(), ..Default::default() })),
         ("Pause", enc(&PauseRequest { id: "fz-p".into(), ..Default::default() })),
         ("Resume", enc(&ResumeRequest { id: "fz-r".into(), ..Default::default() })),
-        ("Update", enc(&UpdateTaskRequest {
-            id: "fz-u".into(),
-            resources: any(RESOURCES_URL, br#"{"memory":{"limit":-5}}"#),
-            ..Default::default()
-        })),
+        (
+            "Update",
+            enc(&UpdateTaskRequest {
+                id: "fz-u".into(),
+                resources: any(RESOURCES_URL, br#"{"memory":{"limit":-5}}"#),
+                ..Default::default()
+            }),
+        ),
         ("Exec", enc(&ExecProcessRequest { stdout: "ftp:///x".into(), ..exec_req("fz-e", "e1", &spec) })),
         ("Exec", enc(&exec_req(&victim, "fz-x", b"{\"args\":"))),
         // A width past uint32 (and an explicit zero height): raw bytes only.
@@ -633,12 +576,10 @@ fn wire_fuzz(line: Line) {
         ("CloseIO", enc(&CloseIORequest { id: "fz-i".into(), stdin: true, ..Default::default() })),
         ("Stats", enc(&StatsRequest { id: "fz-st".into(), ..Default::default() })),
         ("Connect", enc(&ConnectRequest { id: "fz-cn".into(), ..Default::default() })),
-        ("Checkpoint", enc(&CheckpointTaskRequest {
-            id: "fz-cp".into(),
-            path: "rel".into(),
-            options: any("x", b"\xff"),
-            ..Default::default()
-        })),
+        (
+            "Checkpoint",
+            enc(&CheckpointTaskRequest { id: "fz-cp".into(), path: "rel".into(), options: any("x", b"\xff"), ..Default::default() }),
+        ),
     ];
     let mut answered = 0;
     let mut codes: std::collections::BTreeMap<u64, usize> = Default::default();
@@ -661,33 +602,18 @@ fn wire_fuzz(line: Line) {
         }
         if i % 100 == 99 {
             let st = shim.state(&victim, "");
-            assert!(
-                matches!(&st, Ok(s) if s.status == ST_RUNNING),
-                "{tag} after {} fuzz calls the victim is not served: {st:?}",
-                i + 1
-            );
+            assert!(matches!(&st, Ok(s) if s.status == ST_RUNNING), "{tag} after {} fuzz calls the victim is not served: {st:?}", i + 1);
         }
     }
     eprintln!(
         "{tag} wire fuzz: seed {seed:#x}, {calls} calls in {:?}, {answered} answered; codes {:?}",
         t0.elapsed(),
-        codes
-            .iter()
-            .map(|(c, n)| format!("{}:{n}", code_name(*c)))
-            .collect::<Vec<_>>()
+        codes.iter().map(|(c, n)| format!("{}:{n}", code_name(*c))).collect::<Vec<_>>()
     );
-    assert!(
-        transport.is_empty(),
-        "{tag} calls without an answer:\n{}",
-        transport.join("\n")
-    );
+    assert!(transport.is_empty(), "{tag} calls without an answer:\n{}", transport.join("\n"));
     shim.assert_serves(&r.cd, &victim, "the wire fuzz");
     r.assert_exec_works(&victim, "the wire fuzz");
-    assert!(
-        runc_state_entries(&r.cd.ns).iter().all(|e| e == &victim),
-        "{tag} fuzz left runtime state: {:?}",
-        runc_state_entries(&r.cd.ns)
-    );
+    assert!(runc_state_entries(&r.cd.ns).iter().all(|e| e == &victim), "{tag} fuzz left runtime state: {:?}", runc_state_entries(&r.cd.ns));
 }
 
 // ---------------------------------------------------------------------------
@@ -707,15 +633,8 @@ fn uri_escapes(line: Line) {
         // `ctr run --rm --log-uri uri` printing `text`: its exit code, and
         // whether `text` arrived in `path`.
         let run_logged = |uri: &str, id: &str, text: &str, path: &Path| {
-            let o = r.run(
-                &["--rm", "--log-uri", uri],
-                &r.cd.id(id),
-                &["sh", "-c", &format!("echo {text}; sleep 0.2")],
-            );
-            let arrived = poll(Duration::from_secs(5), || {
-                std::fs::read_to_string(path).ok().filter(|s| s.contains(text))
-            })
-            .is_some();
+            let o = r.run(&["--rm", "--log-uri", uri], &r.cd.id(id), &["sh", "-c", &format!("echo {text}; sleep 0.2")]);
+            let arrived = poll(Duration::from_secs(5), || std::fs::read_to_string(path).ok().filter(|s| s.contains(text))).is_some();
             (o, arrived)
         };
         // file://
@@ -727,13 +646,7 @@ fn uri_escapes(line: Line) {
             let mut todo = vec![d.to_path_buf()];
             while let Some(p) = todo.pop() {
                 for e in std::fs::read_dir(&p).into_iter().flatten().flatten() {
-                    v.push(
-                        e.path()
-                            .strip_prefix(&r.cd.dir)
-                            .unwrap_or(&e.path())
-                            .display()
-                            .to_string(),
-                    );
+                    v.push(e.path().strip_prefix(&r.cd.dir).unwrap_or(&e.path()).display().to_string());
                     if e.path().is_dir() {
                         todo.push(e.path());
                     }
@@ -741,34 +654,20 @@ fn uri_escapes(line: Line) {
             }
             v
         };
-        let files = listing(&r.cd.dir.join("logs dir"))
-            .into_iter()
-            .chain(listing(&r.cd.dir.join("logs%20dir")))
-            .collect::<Vec<_>>();
-        eprintln!(
-            "{tag} --log-uri {uri:?} -> {:?}; file at the named path: {file_ok}; files: {files:?}",
-            o.code
-        );
+        let files = listing(&r.cd.dir.join("logs dir")).into_iter().chain(listing(&r.cd.dir.join("logs%20dir"))).collect::<Vec<_>>();
+        eprintln!("{tag} --log-uri {uri:?} -> {:?}; file at the named path: {file_ok}; files: {files:?}", o.code);
         // binary://
         let logger = r.cd.dir.join("my logger");
         std::fs::write(&logger, "#!/bin/sh\n# containerd logging binary: fd 3 stdout, fd 4 stderr, close fd 5 when ready\nout=\"$2\"\nexec 5>&-\ncat <&3 > \"$out\" &\ncat <&4 > /dev/null &\nwait\n").unwrap();
-        std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let bout = r.cd.dir.join("binary out.log");
         let buri = format!("binary://{}?out={}", logger.display(), bout.display());
         let (o2, bin_ok) = run_logged(&buri, "escb", "via-binary", &bout);
-        eprintln!(
-            "{tag} --log-uri {buri:?} -> {:?} {}; output at the named path: {bin_ok}",
-            o2.code,
-            o2.err().trim()
-        );
+        eprintln!("{tag} --log-uri {buri:?} -> {:?} {}; output at the named path: {bin_ok}", o2.code, o2.err().trim());
         found.push((rt, o.code, file_ok, o2.code, bin_ok));
     }
     let (runc, keel) = (&found[0], &found[1]);
-    assert!(
-        runc.2 && runc.4,
-        "the reference (runc-v2) does not decode log URIs here: {found:?}"
-    );
+    assert!(runc.2 && runc.4, "the reference (runc-v2) does not decode log URIs here: {found:?}");
     assert!(
         keel.2 && keel.4 && keel.1 == Some(0) && keel.3 == Some(0),
         "[keel {}] escaped log URIs: file:// at the named path: {}, binary:// at the named path: {} (runc-v2: both); {found:?}",
@@ -791,12 +690,7 @@ mod decoders;
 fn decoder_properties() {
     let dict: [&[&str]; 10] = [
         &["", "\x0a\x04crun", "\x12\x06/run/x\x18\x01", "\x7f\x7f\x7f"],
-        &[
-            "",
-            "\x12\x0f/etc/keel.toml",
-            "\x1a\x13BinaryName = \"crun\"",
-            "\x0a\x00",
-        ],
+        &["", "\x12\x0f/etc/keel.toml", "\x1a\x13BinaryName = \"crun\"", "\x0a\x00"],
         &[
             "BinaryName = \"crun\"",
             "SystemdCgroup = true\nRoot = \"/x\"",
@@ -838,10 +732,7 @@ fn decoder_properties() {
             "file:///a?x=1",
             "/",
         ],
-        &[
-            "a", "abc-1", "a.b_c-d", "-a", "a-", "a--b", "a._b", "a/b", "a b", "\u{e4}", "A1.b2",
-            "1", ".a", "a.",
-        ],
+        &["a", "abc-1", "a.b_c-d", "-a", "a-", "a--b", "a._b", "a/b", "a b", "\u{e4}", "A1.b2", "1", ".a", "a."],
         &[
             "{\"memory\":{\"limit\":-5}}",
             "{\"memory\":{\"limit\":0}}",
@@ -851,26 +742,10 @@ fn decoder_properties() {
             "{}",
             "{\"memory\":{\"limit\":-1,\"swap\":-2}}",
         ],
-        &[
-            "ro,rbind",
-            "lowerdir=/a:/b,upperdir=/u,index=off",
-            ",,",
-            "ro,rw,remount",
-            "bind",
-        ],
-        &[
-            "-namespace\u{0}x\u{0}-id\u{0}y\u{0}start",
-            "-bogus",
-            "-id",
-            "\u{0}\u{0}",
-            "-debug\u{0}delete",
-            "-v",
-        ],
+        &["ro,rbind", "lowerdir=/a:/b,upperdir=/u,index=off", ",,", "ro,rw,remount", "bind"],
+        &["-namespace\u{0}x\u{0}-id\u{0}y\u{0}start", "-bogus", "-id", "\u{0}\u{0}", "-debug\u{0}delete", "-v"],
     ];
-    let n: usize = std::env::var("KEEL_PROP_N")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200000);
+    let n: usize = std::env::var("KEEL_PROP_N").ok().and_then(|s| s.parse().ok()).unwrap_or(200000);
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     // Long ids around the 76-byte limit.
     let long: Vec<String> = [75usize, 76, 77].iter().map(|l| "x".repeat(*l)).collect();
@@ -879,9 +754,7 @@ fn decoder_properties() {
         let mut payload: Vec<u8> = if sel == 6 && rng.below(10) == 0 {
             long[rng.below(3)].clone().into_bytes()
         } else {
-            dict[sel as usize][rng.below(dict[sel as usize].len())]
-                .as_bytes()
-                .to_vec()
+            dict[sel as usize][rng.below(dict[sel as usize].len())].as_bytes().to_vec()
         };
         match rng.below(8) {
             0 => payload = (0..rng.below(40)).map(|_| rng.next() as u8).collect(),
@@ -891,10 +764,7 @@ fn decoder_properties() {
         let mut data = vec![sel + 10 * rng.below(25) as u8];
         data.extend_from_slice(&payload);
         if let Err(e) = std::panic::catch_unwind(|| decoders::check(&data)) {
-            eprintln!(
-                "decoder property failed on input #{i}: {data:02x?} ({:?})",
-                String::from_utf8_lossy(&data)
-            );
+            eprintln!("decoder property failed on input #{i}: {data:02x?} ({:?})", String::from_utf8_lossy(&data));
             std::panic::resume_unwind(e);
         }
     }
@@ -902,7 +772,6 @@ fn decoder_properties() {
     assert!(decoders::containerd_id_ok(&long[1]) && !decoders::containerd_id_ok(&long[2]));
     eprintln!("decoder properties: {n} inputs checked");
 }
-
 
 per_line!(table, super::bad_input);
 per_line!(wire_fuzz, super::wire_fuzz);

@@ -111,7 +111,8 @@ fn exec_terminal_from_request(line: Line, rt: &'static str) {
             panic!("{} start exec #{i} (terminal in the request only): {e:?}\n{}", r.tag, r.cd.log_tail(20));
         }
         let code = api_task_wait(&r.cd, &r.cd.ns, &id, eid, Duration::from_secs(60));
-        let data = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("{} exec #{i}: stdout fifo never reached EOF", r.tag));
+        let data =
+            rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("{} exec #{i}: stdout fifo never reached EOF", r.tag));
         let text = String::from_utf8_lossy(&data);
         assert_eq!(code, Ok(0), "{} exec #{i} exit status", r.tag);
         assert!(
@@ -152,11 +153,7 @@ fn init_exit_while_exec_starts(line: Line, rt: &'static str) {
     let held = r.cd.dir.join("exec.held");
     let release = r.cd.dir.join("exec.release");
     mkfifo(&release);
-    let body = format!(
-        "case \" $* \" in\n  *\" exec \"*) echo $$ >> '{}'; read _ < '{}' ;;\nesac",
-        held.display(),
-        release.display()
-    );
+    let body = format!("case \" $* \" in\n  *\" exec \"*) echo $$ >> '{}'; read _ < '{}' ;;\nesac", held.display(), release.display());
     let (_script, flags) = stand_in(&r, "held-exec-runtime", &body);
     let id = r.cd.id("heldexec");
     r.run_d(&strs(&flags), &id, &["sleep", "1000000"]);
@@ -247,11 +244,7 @@ fn kill_after_exit_is_not_found(line: Line, rt: &'static str) {
     fs::write(&trigger, pid.to_string()).unwrap();
     let k = api.kill(&id, "", libc::SIGKILL as u32, false);
     assert!(!trigger.exists(), "{} the stand-in runtime never saw the kill", r.tag);
-    assert!(
-        matches!(&k, Err(e) if e.code == Code::NotFound),
-        "{} a kill that finds the init already dead must be NotFound: {k:?}",
-        r.tag
-    );
+    assert!(matches!(&k, Err(e) if e.code == Code::NotFound), "{} a kill that finds the init already dead must be NotFound: {k:?}", r.tag);
     r.wait_status(&id, "STOPPED");
     r.delete_ok(&id);
 }
@@ -323,7 +316,8 @@ fn resize_before_start(line: Line, rt: &'static str) {
     let out = r.cd.fifo_dir.join(format!("{id}-stdout"));
     mkfifo(&out);
     let rx = read_fifo(&out);
-    api.create_task(&id, &out.to_string_lossy(), true).unwrap_or_else(|e| panic!("{} create tty task: {e:?}\n{}", r.tag, r.cd.log_tail(20)));
+    api.create_task(&id, &out.to_string_lossy(), true)
+        .unwrap_or_else(|e| panic!("{} create tty task: {e:?}\n{}", r.tag, r.cd.log_tail(20)));
     let rs = api.resize(&id, "", 12, 34);
     assert!(rs.is_ok(), "{} resize a created task: {rs:?}", r.tag);
     api.start(&id, "").unwrap_or_else(|e| panic!("{} start: {e:?}", r.tag));
@@ -522,10 +516,7 @@ fn concurrent_creates_of_one_id(line: Line, rt: &'static str) {
 }
 
 scenarios!(
-    [
-        (keel, KEEL_V1, crate::common::direct),
-        (runc, RUNC_V2, crate::common::direct),
-    ],
+    [(keel, KEEL_V1, crate::common::direct), (runc, RUNC_V2, crate::common::direct),],
     [
         exec_terminal_from_request,
         init_exit_while_exec_starts,

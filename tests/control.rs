@@ -35,8 +35,7 @@ use containerd_client::with_namespace;
 const GRPC_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The type URL containerd's typeurl gives specs.LinuxResources.
-const LINUX_RESOURCES_URL: &str =
-    "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
+const LINUX_RESOURCES_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
 const CHECKPOINT_OPTIONS_URL: &str = "containerd.runc.v1.CheckpointOptions";
 
 type T = Scenario;
@@ -80,11 +79,7 @@ fn metrics_table(out: &str) -> std::collections::BTreeMap<String, String> {
 // ---------------------------------------------------------------------------
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(f)
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime").block_on(f)
 }
 
 async fn tasks_client(cd: &Containerd) -> TasksClient<tonic::transport::Channel> {
@@ -101,17 +96,12 @@ fn grpc_update(cd: &Containerd, id: &str, resources_json: &str) -> Result<(), to
         let mut c = tasks_client(cd).await;
         let req = UpdateTaskRequest {
             container_id: id.into(),
-            resources: Some(prost_types::Any {
-                type_url: LINUX_RESOURCES_URL.into(),
-                value: resources_json.as_bytes().to_vec(),
-            }),
+            resources: Some(prost_types::Any { type_url: LINUX_RESOURCES_URL.into(), value: resources_json.as_bytes().to_vec() }),
             annotations: Default::default(),
         };
         tokio::time::timeout(GRPC_TIMEOUT, c.update(with_namespace!(req, cd.ns.as_str())))
             .await
-            .unwrap_or_else(|_| {
-                panic!("Tasks.Update of {id} did not answer within {GRPC_TIMEOUT:?}")
-            })
+            .unwrap_or_else(|_| panic!("Tasks.Update of {id} did not answer within {GRPC_TIMEOUT:?}"))
             .map(drop)
     })
 }
@@ -141,36 +131,18 @@ struct CheckpointOpts {
 
 /// Tasks.Checkpoint with runc's CheckpointOptions; returns the content
 /// containerd stored, as (media type, digest, size).
-fn grpc_checkpoint(
-    cd: &Containerd,
-    id: &str,
-    opts: &CheckpointOpts,
-) -> Result<Vec<(String, String, i64)>, tonic::Status> {
+fn grpc_checkpoint(cd: &Containerd, id: &str, opts: &CheckpointOpts) -> Result<Vec<(String, String, i64)>, tonic::Status> {
     block_on(async {
         let mut c = tasks_client(cd).await;
         let req = CheckpointTaskRequest {
             container_id: id.into(),
             parent_checkpoint: String::new(),
-            options: Some(prost_types::Any {
-                type_url: CHECKPOINT_OPTIONS_URL.into(),
-                value: prost::Message::encode_to_vec(opts),
-            }),
+            options: Some(prost_types::Any { type_url: CHECKPOINT_OPTIONS_URL.into(), value: prost::Message::encode_to_vec(opts) }),
         };
-        tokio::time::timeout(
-            GRPC_TIMEOUT,
-            c.checkpoint(with_namespace!(req, cd.ns.as_str())),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            panic!("Tasks.Checkpoint of {id} did not answer within {GRPC_TIMEOUT:?}")
-        })
-        .map(|r| {
-            r.into_inner()
-                .descriptors
-                .into_iter()
-                .map(|d| (d.media_type, d.digest, d.size))
-                .collect()
-        })
+        tokio::time::timeout(GRPC_TIMEOUT, c.checkpoint(with_namespace!(req, cd.ns.as_str())))
+            .await
+            .unwrap_or_else(|_| panic!("Tasks.Checkpoint of {id} did not answer within {GRPC_TIMEOUT:?}"))
+            .map(|r| r.into_inner().descriptors.into_iter().map(|d| (d.media_type, d.digest, d.size)).collect())
     })
 }
 
@@ -181,9 +153,7 @@ fn grpc_checkpoint(
 /// A counter into /tmp/count, `period` seconds apart, each line "<token> <n>":
 /// the token is drawn once at start, so a restarted process shows a new one.
 fn counter_cmd(period: &str) -> String {
-    format!(
-        "t=$(cat /proc/sys/kernel/random/uuid); i=0; while true; do i=$((i+1)); echo \"$t $i\" > /tmp/count; sleep {period}; done"
-    )
+    format!("t=$(cat /proc/sys/kernel/random/uuid); i=0; while true; do i=$((i+1)); echo \"$t $i\" > /tmp/count; sleep {period}; done")
 }
 
 /// Parses "<token> <n>".
@@ -198,13 +168,8 @@ fn host_count(pid: u32) -> Option<(String, u64)> {
 }
 
 fn wait_count_at_least(t: &T, pid: u32, n: u64, timeout: Duration) -> (String, u64) {
-    poll(timeout, || host_count(pid).filter(|c| c.1 >= n)).unwrap_or_else(|| {
-        panic!(
-            "{} counter of pid {pid} did not reach {n} within {timeout:?} (now {:?})",
-            t.tag,
-            host_count(pid)
-        )
-    })
+    poll(timeout, || host_count(pid).filter(|c| c.1 >= n))
+        .unwrap_or_else(|| panic!("{} counter of pid {pid} did not reach {n} within {timeout:?} (now {:?})", t.tag, host_count(pid)))
 }
 
 /// The counter as `ctr task exec ... cat /tmp/count` shows it. Retried: a read
@@ -213,22 +178,14 @@ fn exec_count(t: &T, id: &str, label: &str) -> (String, u64) {
     let mut last = None;
     for n in 0..20 {
         let o = t.exec(&[], id, &format!("{label}-{n}"), &["cat", "/tmp/count"]);
-        assert!(
-            o.ok(),
-            "{} exec cat /tmp/count in {id}: {}",
-            t.tag,
-            o.describe()
-        );
+        assert!(o.ok(), "{} exec cat /tmp/count in {id}: {}", t.tag, o.describe());
         if let Some(c) = parse_count(&o.out()) {
             return c;
         }
         last = Some(o.out());
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!(
-        "{} exec cat /tmp/count in {id} never printed a count: last {last:?}",
-        t.tag
-    )
+    panic!("{} exec cat /tmp/count in {id} never printed a count: last {last:?}", t.tag)
 }
 
 // ---------------------------------------------------------------------------
@@ -243,33 +200,15 @@ fn pause_resume(line: Line, rt: &'static str) {
     let ev = t.cd.events();
     let id = t.cd.id("pause");
     let cmd = counter_cmd("0.05");
-    let pid = t.run_d_from(&["--mount", "type=tmpfs,src=tmpfs,dst=/tmp,options=rw"], None,
-        &id,
-        &["sh", "-c", &cmd],
-    );
+    let pid = t.run_d_from(&["--mount", "type=tmpfs,src=tmpfs,dst=/tmp,options=rw"], None, &id, &["sh", "-c", &cmd]);
     let mut last = wait_count_at_least(&t, pid, 3, RUN_TIMEOUT);
     let freezer = cgroup_v1_dir(pid, "freezer");
 
     let o = t.cd.ctr(&["tasks", "pause", &id]);
     assert!(o.ok(), "{} task pause: {}", t.tag, o.describe());
-    ev.expect(
-        "paused",
-        |e| e.topic == "/tasks/paused" && e.container_id() == Some(&id),
-        RUN_TIMEOUT,
-    );
-    assert_eq!(
-        t.task(&id),
-        Some((pid, "PAUSED".to_string())),
-        "{} task ls after pause",
-        t.tag
-    );
-    assert_eq!(
-        cgroup_read(&freezer, "freezer.state"),
-        "FROZEN",
-        "{} freezer.state of {}",
-        t.tag,
-        freezer.display()
-    );
+    ev.expect("paused", |e| e.topic == "/tasks/paused" && e.container_id() == Some(&id), RUN_TIMEOUT);
+    assert_eq!(t.task(&id), Some((pid, "PAUSED".to_string())), "{} task ls after pause", t.tag);
+    assert_eq!(cgroup_read(&freezer, "freezer.state"), "FROZEN", "{} freezer.state of {}", t.tag, freezer.display());
     // Read raw: the freeze may have caught the shell between truncating the
     // file and writing it (then it stays empty until resume).
     let count_file = format!("/proc/{pid}/root/tmp/count");
@@ -283,130 +222,44 @@ fn pause_resume(line: Line, rt: &'static str) {
     let c1 = last;
     // Pids answer while paused.
     let ps = t.ps(&id);
-    assert!(
-        ps.iter().any(|p| p.0 == pid),
-        "{} task ps while paused lacks init {pid}: {ps:?}",
-        t.tag
-    );
+    assert!(ps.iter().any(|p| p.0 == pid), "{} task ps while paused lacks init {pid}: {ps:?}", t.tag);
 
     // Exec into a paused task: runc-v2 refuses at once ("cannot exec in a
     // paused state", code Unknown); Keel must fail the same way, promptly, and
     // leave the task paused.
     let o = t.exec(&[], &id, "in-paused", &["cat", "/tmp/count"]);
-    eprintln!(
-        "{} exec into paused task -> code {:?}, stderr: {}",
-        t.tag,
-        o.code,
-        o.err().trim()
-    );
-    assert!(
-        !o.ok() && !o.timed_out,
-        "{} exec into a paused task should fail: {}",
-        t.tag,
-        o.describe()
-    );
-    assert!(
-        o.elapsed < Duration::from_secs(10),
-        "{} exec into a paused task took {:?}",
-        t.tag,
-        o.elapsed
-    );
+    eprintln!("{} exec into paused task -> code {:?}, stderr: {}", t.tag, o.code, o.err().trim());
+    assert!(!o.ok() && !o.timed_out, "{} exec into a paused task should fail: {}", t.tag, o.describe());
+    assert!(o.elapsed < Duration::from_secs(10), "{} exec into a paused task took {:?}", t.tag, o.elapsed);
     t.assert_code(&o, "paused", "unknown");
-    assert_eq!(
-        t.task(&id).map(|x| x.1),
-        Some("PAUSED".to_string()),
-        "{} status after failed exec",
-        t.tag
-    );
-    assert_eq!(
-        fs::read_to_string(&count_file).ok(),
-        Some(raw1.clone()),
-        "{} counter moved after failed exec",
-        t.tag
-    );
+    assert_eq!(t.task(&id).map(|x| x.1), Some("PAUSED".to_string()), "{} status after failed exec", t.tag);
+    assert_eq!(fs::read_to_string(&count_file).ok(), Some(raw1.clone()), "{} counter moved after failed exec", t.tag);
 
     // Pausing twice fails and changes nothing (runc-v2 and Keel word it differently).
     let o = t.cd.ctr(&["tasks", "pause", &id]);
-    eprintln!(
-        "{} second pause -> code {:?}, stderr: {}",
-        t.tag,
-        o.code,
-        o.err().trim()
-    );
-    assert!(
-        !o.ok() && !o.timed_out,
-        "{} pausing a paused task succeeded: {}",
-        t.tag,
-        o.describe()
-    );
-    assert_eq!(
-        t.task(&id).map(|x| x.1),
-        Some("PAUSED".to_string()),
-        "{} status after second pause",
-        t.tag
-    );
+    eprintln!("{} second pause -> code {:?}, stderr: {}", t.tag, o.code, o.err().trim());
+    assert!(!o.ok() && !o.timed_out, "{} pausing a paused task succeeded: {}", t.tag, o.describe());
+    assert_eq!(t.task(&id).map(|x| x.1), Some("PAUSED".to_string()), "{} status after second pause", t.tag);
 
     let o = t.cd.ctr(&["tasks", "resume", &id]);
     assert!(o.ok(), "{} task resume: {}", t.tag, o.describe());
-    ev.expect(
-        "resumed",
-        |e| e.topic == "/tasks/resumed" && e.container_id() == Some(&id),
-        RUN_TIMEOUT,
-    );
-    assert_eq!(
-        t.task(&id),
-        Some((pid, "RUNNING".to_string())),
-        "{} task ls after resume",
-        t.tag
-    );
-    assert_eq!(
-        cgroup_read(&freezer, "freezer.state"),
-        "THAWED",
-        "{} freezer.state after resume",
-        t.tag
-    );
+    ev.expect("resumed", |e| e.topic == "/tasks/resumed" && e.container_id() == Some(&id), RUN_TIMEOUT);
+    assert_eq!(t.task(&id), Some((pid, "RUNNING".to_string())), "{} task ls after resume", t.tag);
+    assert_eq!(cgroup_read(&freezer, "freezer.state"), "THAWED", "{} freezer.state after resume", t.tag);
     let c3 = wait_count_at_least(&t, pid, c1.1 + 3, STATE_TIMEOUT);
-    assert_eq!(
-        c3.0, c1.0,
-        "{} the counter restarted (new token) instead of resuming",
-        t.tag
-    );
+    assert_eq!(c3.0, c1.0, "{} the counter restarted (new token) instead of resuming", t.tag);
     let c4 = exec_count(&t, &id, "after-resume");
-    assert!(
-        c4.0 == c1.0 && c4.1 > c1.1,
-        "{} exec after resume read {c4:?}, paused at {c1:?}",
-        t.tag
-    );
+    assert!(c4.0 == c1.0 && c4.1 > c1.1, "{} exec after resume read {c4:?}, paused at {c1:?}", t.tag);
 
     let o = t.cd.ctr(&["tasks", "resume", &id]);
-    eprintln!(
-        "{} resume of a running task -> code {:?}, stderr: {}",
-        t.tag,
-        o.code,
-        o.err().trim()
-    );
-    assert!(
-        !o.ok() && !o.timed_out,
-        "{} resuming a running task succeeded: {}",
-        t.tag,
-        o.describe()
-    );
-    assert_eq!(
-        t.task(&id).map(|x| x.1),
-        Some("RUNNING".to_string()),
-        "{} status after bad resume",
-        t.tag
-    );
+    eprintln!("{} resume of a running task -> code {:?}, stderr: {}", t.tag, o.code, o.err().trim());
+    assert!(!o.ok() && !o.timed_out, "{} resuming a running task succeeded: {}", t.tag, o.describe());
+    assert_eq!(t.task(&id).map(|x| x.1), Some("RUNNING".to_string()), "{} status after bad resume", t.tag);
 
     let topics: Vec<String> = ev
         .events()
         .into_iter()
-        .filter(|e| {
-            is_task_event(e, &id)
-                && (e.topic == "/tasks/paused"
-                    || e.topic == "/tasks/resumed"
-                    || e.topic == "/tasks/start")
-        })
+        .filter(|e| is_task_event(e, &id) && (e.topic == "/tasks/paused" || e.topic == "/tasks/resumed" || e.topic == "/tasks/start"))
         .map(|e| e.topic)
         .collect();
     assert_eq!(
@@ -427,33 +280,13 @@ fn update_resources(line: Line, rt: &'static str) {
     let pid = t.run_d_from(&[], None, &id, &["sleep", "1000"]);
     let mem = cgroup_v1_dir(pid, "memory");
     let before = cgroup_read(&mem, "memory.limit_in_bytes");
-    assert_ne!(
-        before, "67108864",
-        "{} limit already 64 MiB before the update",
-        t.tag
-    );
+    assert_ne!(before, "67108864", "{} limit already 64 MiB before the update", t.tag);
 
-    grpc_update(&t.cd, &id, r#"{"memory":{"limit":67108864}}"#).unwrap_or_else(|s| {
-        panic!(
-            "{} Update memory.limit 64 MiB: {s:?}\n{}",
-            t.tag,
-            t.cd.log_tail(30)
-        )
-    });
-    assert_eq!(
-        cgroup_read(&mem, "memory.limit_in_bytes"),
-        "67108864",
-        "{} {}/memory.limit_in_bytes after Update",
-        t.tag,
-        mem.display()
-    );
+    grpc_update(&t.cd, &id, r#"{"memory":{"limit":67108864}}"#)
+        .unwrap_or_else(|s| panic!("{} Update memory.limit 64 MiB: {s:?}\n{}", t.tag, t.cd.log_tail(30)));
+    assert_eq!(cgroup_read(&mem, "memory.limit_in_bytes"), "67108864", "{} {}/memory.limit_in_bytes after Update", t.tag, mem.display());
     let m = metrics_table(&t.cd.ctr_ok(&["tasks", "metrics", &id]));
-    assert_eq!(
-        m.get("memory.limit_in_bytes").map(String::as_str),
-        Some("67108864"),
-        "{} metrics after Update: {m:?}",
-        t.tag
-    );
+    assert_eq!(m.get("memory.limit_in_bytes").map(String::as_str), Some("67108864"), "{} metrics after Update: {m:?}", t.tag);
 
     // Invalid: a negative limit. Keel checks it before the runtime and
     // answers InvalidArgument naming the field; runc-v2 hands it to runc
@@ -462,36 +295,13 @@ fn update_resources(line: Line, rt: &'static str) {
     eprintln!("{} Update memory.limit -5 -> {r:?}", t.tag);
     if t.keel() {
         let s = r.expect_err("a negative memory limit was accepted");
-        assert_eq!(
-            s.code(),
-            tonic::Code::InvalidArgument,
-            "{} negative limit: {s:?}",
-            t.tag
-        );
-        assert!(
-            s.message().contains("memory.limit"),
-            "{} message should name memory.limit: {s:?}",
-            t.tag
-        );
+        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{} negative limit: {s:?}", t.tag);
+        assert!(s.message().contains("memory.limit"), "{} message should name memory.limit: {s:?}", t.tag);
     } else {
-        assert!(
-            r.is_err(),
-            "{} runc-v2 accepted a negative memory limit",
-            t.tag
-        );
+        assert!(r.is_err(), "{} runc-v2 accepted a negative memory limit", t.tag);
     }
-    assert_eq!(
-        cgroup_read(&mem, "memory.limit_in_bytes"),
-        "67108864",
-        "{} limit changed by a refused Update",
-        t.tag
-    );
-    assert_eq!(
-        t.task(&id).map(|x| x.1),
-        Some("RUNNING".to_string()),
-        "{} status after a refused Update",
-        t.tag
-    );
+    assert_eq!(cgroup_read(&mem, "memory.limit_in_bytes"), "67108864", "{} limit changed by a refused Update", t.tag);
+    assert_eq!(t.task(&id).map(|x| x.1), Some("RUNNING".to_string()), "{} status after a refused Update", t.tag);
     t.kill_delete(&id);
 }
 
@@ -499,63 +309,28 @@ fn update_resources(line: Line, rt: &'static str) {
 fn metrics_match_cgroup(line: Line, rt: &'static str) {
     let t = T::new(line, rt);
     let id = t.cd.id("metrics");
-    let pid = t.run_d_from(&["--memory-limit", "33554432"], None,
-        &id,
-        &["sh", "-c", "sleep 1000 & sleep 1000"],
-    );
+    let pid = t.run_d_from(&["--memory-limit", "33554432"], None, &id, &["sh", "-c", "sleep 1000 & sleep 1000"]);
     let o = t.exec(&["-d"], &id, "m-exec", &["sleep", "1000"]);
     assert!(o.ok(), "{} exec -d: {}", t.tag, o.describe());
     let mem = cgroup_v1_dir(pid, "memory");
     let pids = cgroup_v1_dir(pid, "pids");
     // init sh, its sleep, the exec'd sleep
-    poll(STATE_TIMEOUT, || {
-        (cgroup_read(&pids, "pids.current") == "3").then_some(())
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "{} pids.current never 3: {}",
-            t.tag,
-            cgroup_read(&pids, "pids.current")
-        )
-    });
+    poll(STATE_TIMEOUT, || (cgroup_read(&pids, "pids.current") == "3").then_some(()))
+        .unwrap_or_else(|| panic!("{} pids.current never 3: {}", t.tag, cgroup_read(&pids, "pids.current")));
 
     let usage_before: i64 = cgroup_read(&mem, "memory.usage_in_bytes").parse().unwrap();
     let out = t.cd.ctr_ok(&["tasks", "metrics", &id]);
     let usage_after: i64 = cgroup_read(&mem, "memory.usage_in_bytes").parse().unwrap();
     let m = metrics_table(&out);
     eprintln!("{} metrics:\n{out}", t.tag);
-    let get = |k: &str| -> String {
-        m.get(k)
-            .cloned()
-            .unwrap_or_else(|| panic!("{} `ctr task metrics` has no {k}:\n{out}", t.tag))
-    };
-    assert_eq!(
-        get("pids.current"),
-        cgroup_read(&pids, "pids.current"),
-        "{} pids.current",
-        t.tag
-    );
+    let get = |k: &str| -> String { m.get(k).cloned().unwrap_or_else(|| panic!("{} `ctr task metrics` has no {k}:\n{out}", t.tag)) };
+    assert_eq!(get("pids.current"), cgroup_read(&pids, "pids.current"), "{} pids.current", t.tag);
     assert_eq!(get("pids.current"), "3", "{} pids.current", t.tag);
-    assert_eq!(
-        get("memory.limit_in_bytes"),
-        "33554432",
-        "{} memory.limit_in_bytes",
-        t.tag
-    );
-    assert_eq!(
-        get("memory.limit_in_bytes"),
-        cgroup_read(&mem, "memory.limit_in_bytes"),
-        "{} memory.limit_in_bytes",
-        t.tag
-    );
-    let usage: i64 = get("memory.usage_in_bytes")
-        .parse()
-        .expect("memory.usage_in_bytes is a number");
+    assert_eq!(get("memory.limit_in_bytes"), "33554432", "{} memory.limit_in_bytes", t.tag);
+    assert_eq!(get("memory.limit_in_bytes"), cgroup_read(&mem, "memory.limit_in_bytes"), "{} memory.limit_in_bytes", t.tag);
+    let usage: i64 = get("memory.usage_in_bytes").parse().expect("memory.usage_in_bytes is a number");
     let slack = 256 * 1024;
-    let (lo, hi) = (
-        usage_before.min(usage_after) - slack,
-        usage_before.max(usage_after) + slack,
-    );
+    let (lo, hi) = (usage_before.min(usage_after) - slack, usage_before.max(usage_after) + slack);
     assert!(
         usage > 0 && (lo..=hi).contains(&usage),
         "{} memory.usage_in_bytes {usage} not within 256 KiB of the cgroup's ({usage_before}, {usage_after})",
@@ -569,29 +344,11 @@ fn oom_event_before_exit(line: Line, rt: &'static str) {
     let t = T::new(line, rt);
     let ev = t.cd.events();
     let id = t.cd.id("oom");
-    let o = t.run(
-        &["--rm", "--memory-limit", "16777216"],
-        &id,
-        &["sh", "-c", "x=a; while true; do x=\"$x$x\"; done"],
-    );
-    assert_eq!(
-        o.code,
-        Some(137),
-        "{} ctr run of a memory hog: {}",
-        t.tag,
-        o.describe()
-    );
-    let exit = ev.expect(
-        "exit",
-        |e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(),
-        RUN_TIMEOUT,
-    );
+    let o = t.run(&["--rm", "--memory-limit", "16777216"], &id, &["sh", "-c", "x=a; while true; do x=\"$x$x\"; done"]);
+    assert_eq!(o.code, Some(137), "{} ctr run of a memory hog: {}", t.tag, o.describe());
+    let exit = ev.expect("exit", |e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(), RUN_TIMEOUT);
     assert_eq!(exit.payload["exit_status"], 137, "{} {}", t.tag, exit.raw);
-    ev.expect(
-        "oom",
-        |e| e.topic == "/tasks/oom" && e.container_id() == Some(&id),
-        Duration::from_secs(5),
-    );
+    ev.expect("oom", |e| e.topic == "/tasks/oom" && e.container_id() == Some(&id), Duration::from_secs(5));
     let topics: Vec<String> = ev
         .events()
         .into_iter()
@@ -605,18 +362,8 @@ fn oom_event_before_exit(line: Line, rt: &'static str) {
         t.tag,
         ev.lines().join("\n")
     );
-    assert_eq!(
-        topics.last().map(String::as_str),
-        Some("/tasks/exit"),
-        "{} events: {topics:?}",
-        t.tag
-    );
-    assert_eq!(
-        topics.iter().filter(|x| *x == "/tasks/exit").count(),
-        1,
-        "{} one exit: {topics:?}",
-        t.tag
-    );
+    assert_eq!(topics.last().map(String::as_str), Some("/tasks/exit"), "{} events: {topics:?}", t.tag);
+    assert_eq!(topics.iter().filter(|x| *x == "/tasks/exit").count(), 1, "{} one exit: {topics:?}", t.tag);
 }
 
 /// `ctr task ps` lists the init and an exec with its exec id.
@@ -630,20 +377,11 @@ fn ps_init_and_exec(line: Line, rt: &'static str) {
     assert!(o.ok(), "{} exec -d: {}", t.tag, o.describe());
     let started = ev.expect(
         "exec-started",
-        |e| {
-            e.topic == "/tasks/exec-started"
-                && e.container_id() == Some(&id)
-                && e.payload["exec_id"] == exec_id.as_str()
-        },
+        |e| e.topic == "/tasks/exec-started" && e.container_id() == Some(&id) && e.payload["exec_id"] == exec_id.as_str(),
         RUN_TIMEOUT,
     );
     let exec_pid = started.payload["pid"].as_u64().unwrap_or(0) as u32;
-    assert!(
-        exec_pid > 0 && exec_pid != pid,
-        "{} exec pid: {}",
-        t.tag,
-        started.raw
-    );
+    assert!(exec_pid > 0 && exec_pid != pid, "{} exec pid: {}", t.tag, started.raw);
 
     let ps = t.ps(&id);
     let mut pids: Vec<u32> = ps.iter().map(|p| p.0).collect();
@@ -651,42 +389,25 @@ fn ps_init_and_exec(line: Line, rt: &'static str) {
     let mut want = vec![pid, exec_pid];
     want.sort();
     assert_eq!(pids, want, "{} `ctr task ps` pids: {ps:?}", t.tag);
-    let info = |p: u32| {
-        ps.iter()
-            .find(|x| x.0 == p)
-            .map(|x| x.1.clone())
-            .unwrap_or_default()
-    };
+    let info = |p: u32| ps.iter().find(|x| x.0 == p).map(|x| x.1.clone()).unwrap_or_default();
     assert_eq!(info(pid), "-", "{} init has no exec details: {ps:?}", t.tag);
     // 1.6 prints &ProcessDetails{ExecID:<id>,...}, 2.x exec_id:"<id>".
     let ei = info(exec_pid);
     assert!(
-        ei.contains(&format!("ExecID:{exec_id},"))
-            || ei.contains(&format!("exec_id:\"{exec_id}\"")),
+        ei.contains(&format!("ExecID:{exec_id},")) || ei.contains(&format!("exec_id:\"{exec_id}\"")),
         "{} exec {exec_pid} INFO should carry exec id {exec_id}: {ei:?}",
         t.tag
     );
 
-    let o =
-        t.cd.ctr(&["tasks", "kill", "--exec-id", &exec_id, "-s", "SIGKILL", &id]);
+    let o = t.cd.ctr(&["tasks", "kill", "--exec-id", &exec_id, "-s", "SIGKILL", &id]);
     assert!(o.ok(), "{} kill exec: {}", t.tag, o.describe());
     ev.expect(
         "exec exit",
-        |e| {
-            e.topic == "/tasks/exit"
-                && e.container_id() == Some(&id)
-                && e.payload["id"] == exec_id.as_str()
-        },
+        |e| e.topic == "/tasks/exit" && e.container_id() == Some(&id) && e.payload["id"] == exec_id.as_str(),
         RUN_TIMEOUT,
     );
-    let ps =
-        poll(STATE_TIMEOUT, || Some(t.ps(&id)).filter(|p| p.len() == 1)).unwrap_or_else(|| {
-            panic!(
-                "{} exec still listed after its exit: {:?}",
-                t.tag,
-                t.ps(&id)
-            )
-        });
+    let ps = poll(STATE_TIMEOUT, || Some(t.ps(&id)).filter(|p| p.len() == 1))
+        .unwrap_or_else(|| panic!("{} exec still listed after its exit: {:?}", t.tag, t.ps(&id)));
     assert_eq!(ps[0].0, pid, "{} {ps:?}", t.tag);
     t.kill_delete(&id);
 }
@@ -698,8 +419,7 @@ fn ps_init_and_exec(line: Line, rt: &'static str) {
 fn criu_log_annotation(t: &T, id: &str) -> (String, PathBuf) {
     let conf = t.cd.dir.join(format!("criu-{id}.conf"));
     let log = t.cd.dir.join(format!("criu-{id}.log"));
-    fs::write(&conf, format!("log-file {}\n", log.display()))
-        .unwrap_or_else(|e| panic!("{} write {}: {e}", t.tag, conf.display()));
+    fs::write(&conf, format!("log-file {}\n", log.display())).unwrap_or_else(|e| panic!("{} write {}: {e}", t.tag, conf.display()));
     (format!("org.criu.config={}", conf.display()), log)
 }
 
@@ -752,16 +472,8 @@ fn checkpoint_restore(line: Line, rt: &'static str) {
     let pid = t.run_d_from(&["--annotation", &criu_flag], Some(&image), &id, &["sh", "-c", &cmd]);
 
     // The shim mounted the snapshotter's overlay as the container's root.
-    let create = ev.expect(
-        "create",
-        |e| e.topic == "/tasks/create" && e.container_id() == Some(&id),
-        RUN_TIMEOUT,
-    );
-    assert_eq!(
-        create.payload["rootfs"][0]["type"], "overlay",
-        "{} rootfs mounts in Create: {}",
-        t.tag, create.raw
-    );
+    let create = ev.expect("create", |e| e.topic == "/tasks/create" && e.container_id() == Some(&id), RUN_TIMEOUT);
+    assert_eq!(create.payload["rootfs"][0]["type"], "overlay", "{} rootfs mounts in Create: {}", t.tag, create.raw);
     let mi = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
     let root_fs = mi
         .lines()
@@ -769,11 +481,7 @@ fn checkpoint_restore(line: Line, rt: &'static str) {
         .and_then(|l| l.split(" - ").nth(1))
         .and_then(|r| r.split(' ').next())
         .unwrap_or("");
-    assert_eq!(
-        root_fs, "overlay",
-        "{} container root filesystem type; mountinfo:\n{mi}",
-        t.tag
-    );
+    assert_eq!(root_fs, "overlay", "{} container root filesystem type; mountinfo:\n{mi}", t.tag);
 
     let (token, _) = wait_count_at_least(&t, pid, 30, RUN_TIMEOUT);
 
@@ -786,114 +494,44 @@ fn checkpoint_restore(line: Line, rt: &'static str) {
     // "media type not found"). Seen with runc-v2 as well; fixed in 2.x.
     let id_t = t.cd.id("crt");
     let pid_t = t.run_d_from(&[], Some(&image), &id_t, &["sleep", "1000"]);
-    let o =
-        t.cd.ctr_timeout(&["tasks", "checkpoint", &id_t], RUN_TIMEOUT);
-    assert!(
-        o.ok(),
-        "{} ctr task checkpoint: {}\n{}",
-        t.tag,
-        o.describe(),
-        t.cd.log_tail(40)
-    );
+    let o = t.cd.ctr_timeout(&["tasks", "checkpoint", &id_t], RUN_TIMEOUT);
+    assert!(o.ok(), "{} ctr task checkpoint: {}\n{}", t.tag, o.describe(), t.cd.log_tail(40));
     let task_ref = o.out().trim().to_string();
-    assert!(
-        task_ref.contains(&id_t),
-        "{} ctr task checkpoint printed {task_ref:?}",
-        t.tag
-    );
+    assert!(task_ref.contains(&id_t), "{} ctr task checkpoint printed {task_ref:?}", t.tag);
     let imgs = t.cd.ctr_ok(&["images", "ls"]);
     assert!(
-        imgs.lines()
-            .any(|l| l.starts_with(&task_ref) && l.contains("containerd.io/checkpoint=true")),
+        imgs.lines().any(|l| l.starts_with(&task_ref) && l.contains("containerd.io/checkpoint=true")),
         "{} checkpoint image {task_ref} not listed:\n{imgs}",
         t.tag
     );
     if t.keel() {
-        ev.expect(
-            "checkpointed",
-            |e| e.topic == "/tasks/checkpointed" && e.container_id() == Some(&id_t),
-            RUN_TIMEOUT,
-        );
+        ev.expect("checkpointed", |e| e.topic == "/tasks/checkpointed" && e.container_id() == Some(&id_t), RUN_TIMEOUT);
     }
-    ev.expect(
-        "resumed",
-        |e| e.topic == "/tasks/resumed" && e.container_id() == Some(&id_t),
-        RUN_TIMEOUT,
-    );
-    assert_eq!(
-        t.task(&id_t),
-        Some((pid_t, "RUNNING".to_string())),
-        "{} after task checkpoint",
-        t.tag
-    );
+    ev.expect("resumed", |e| e.topic == "/tasks/resumed" && e.container_id() == Some(&id_t), RUN_TIMEOUT);
+    assert_eq!(t.task(&id_t), Some((pid_t, "RUNNING".to_string())), "{} after task checkpoint", t.tag);
     // Documented containerd limitation (see above): printed only.
-    let o = t.cd.ctr_timeout(
-        &[
-            "containers",
-            "restore",
-            "--live",
-            &format!("{id_t}-r"),
-            &task_ref,
-        ],
-        RUN_TIMEOUT,
-    );
-    eprintln!(
-        "{} restore of a `ctr task checkpoint` image -> code {:?}: {}",
-        t.tag,
-        o.code,
-        ctr_error(&o)
-    );
+    let o = t.cd.ctr_timeout(&["containers", "restore", "--live", &format!("{id_t}-r"), &task_ref], RUN_TIMEOUT);
+    eprintln!("{} restore of a `ctr task checkpoint` image -> code {:?}: {}", t.tag, o.code, ctr_error(&o));
     t.kill_delete(&id_t);
 
     // The container-level checkpoint, the one `ctr containers restore` takes:
     // pause, checkpoint (leave running), resume.
     let cref = format!("keel.test/checkpoint/{id}:live");
     let c1 = wait_count_at_least(&t, pid, 0, STATE_TIMEOUT);
-    let o = t.cd.ctr_timeout(
-        &["containers", "checkpoint", "--task", &id, &cref],
-        RUN_TIMEOUT,
-    );
-    assert!(
-        o.ok(),
-        "{} ctr containers checkpoint --task: {}\n{}",
-        t.tag,
-        o.describe(),
-        t.cd.log_tail(40)
-    );
-    ev.expect(
-        "resumed",
-        |e| e.topic == "/tasks/resumed" && e.container_id() == Some(&id),
-        RUN_TIMEOUT,
-    );
+    let o = t.cd.ctr_timeout(&["containers", "checkpoint", "--task", &id, &cref], RUN_TIMEOUT);
+    assert!(o.ok(), "{} ctr containers checkpoint --task: {}\n{}", t.tag, o.describe(), t.cd.log_tail(40));
+    ev.expect("resumed", |e| e.topic == "/tasks/resumed" && e.container_id() == Some(&id), RUN_TIMEOUT);
     let topics: Vec<String> = ev
         .events()
         .into_iter()
-        .filter(|e| {
-            is_task_event(e, &id)
-                && ["/tasks/paused", "/tasks/checkpointed", "/tasks/resumed"]
-                    .contains(&e.topic.as_str())
-        })
+        .filter(|e| is_task_event(e, &id) && ["/tasks/paused", "/tasks/checkpointed", "/tasks/resumed"].contains(&e.topic.as_str()))
         .map(|e| e.topic)
         .collect();
-    let want: &[&str] = if t.keel() {
-        &["/tasks/paused", "/tasks/checkpointed", "/tasks/resumed"]
-    } else {
-        &["/tasks/paused", "/tasks/resumed"]
-    };
-    assert_eq!(
-        topics,
-        want,
-        "{} events of ctr containers checkpoint:\n{}",
-        t.tag,
-        ev.lines().join("\n")
-    );
+    let want: &[&str] =
+        if t.keel() { &["/tasks/paused", "/tasks/checkpointed", "/tasks/resumed"] } else { &["/tasks/paused", "/tasks/resumed"] };
+    assert_eq!(topics, want, "{} events of ctr containers checkpoint:\n{}", t.tag, ev.lines().join("\n"));
     let c2 = wait_count_at_least(&t, pid, c1.1 + 1, STATE_TIMEOUT);
-    assert_eq!(
-        t.task(&id),
-        Some((pid, "RUNNING".to_string())),
-        "{} after container checkpoint",
-        t.tag
-    );
+    assert_eq!(t.task(&id), Some((pid, "RUNNING".to_string())), "{} after container checkpoint", t.tag);
     assert_eq!(c2.0, token, "{} token changed", t.tag);
     t.kill_delete(&id);
     assert!(
@@ -914,12 +552,8 @@ fn checkpoint_restore(line: Line, rt: &'static str) {
         if o.ok() || !o.err().contains("criu failed") {
             break;
         }
-        let note = format!(
-            "\n*** {} CRIU restore failed, try {attempt} of 3 next: {}\n{} ***\n",
-            t.tag,
-            ctr_error(&o),
-            criu_log_tail(&criu_log)
-        );
+        let note =
+            format!("\n*** {} CRIU restore failed, try {attempt} of 3 next: {}\n{} ***\n", t.tag, ctr_error(&o), criu_log_tail(&criu_log));
         let _ = std::io::stderr().write_all(note.as_bytes());
         t.cd.ctr(&["tasks", "delete", "-f", &id]);
         t.cd.ctr(&["containers", "delete", &id]);
@@ -928,40 +562,17 @@ fn checkpoint_restore(line: Line, rt: &'static str) {
     }
     // The harness prints containerd's log tail as the test unwinds; the
     // message keeps what a CI excerpt must show: ctr's error and CRIU's log.
-    assert!(
-        o.ok(),
-        "{} ctr containers restore --live: {}\n{}",
-        t.tag,
-        o.describe(),
-        criu_log_tail(&criu_log)
-    );
-    let info: serde_json::Value = serde_json::from_str(&t.cd.ctr_ok(&["containers", "info", &id]))
-        .expect("containers info JSON");
-    assert_eq!(
-        info["Runtime"]["Name"], rt,
-        "{} restored container's runtime",
-        t.tag
-    );
+    assert!(o.ok(), "{} ctr containers restore --live: {}\n{}", t.tag, o.describe(), criu_log_tail(&criu_log));
+    let info: serde_json::Value = serde_json::from_str(&t.cd.ctr_ok(&["containers", "info", &id])).expect("containers info JSON");
+    assert_eq!(info["Runtime"]["Name"], rt, "{} restored container's runtime", t.tag);
     let rpid = t.wait_status(&id, "RUNNING");
-    let recreate = poll(RUN_TIMEOUT, || {
-        ev.events()
-            .into_iter()
-            .filter(|e| e.topic == "/tasks/create" && e.container_id() == Some(&id))
-            .nth(1)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "{} no /tasks/create for the restored task:\n{}",
-            t.tag,
-            ev.lines().join("\n")
-        )
-    });
+    let recreate =
+        poll(RUN_TIMEOUT, || ev.events().into_iter().filter(|e| e.topic == "/tasks/create" && e.container_id() == Some(&id)).nth(1))
+            .unwrap_or_else(|| panic!("{} no /tasks/create for the restored task:\n{}", t.tag, ev.lines().join("\n")));
     remove_default_fifo_dir(&recreate);
     if t.keel() {
         assert!(
-            recreate.payload["checkpoint"]
-                .as_str()
-                .is_some_and(|c| !c.is_empty()),
+            recreate.payload["checkpoint"].as_str().is_some_and(|c| !c.is_empty()),
             "{} /tasks/create of a restore should name the checkpoint: {}",
             t.tag,
             recreate.raw
@@ -971,33 +582,21 @@ fn checkpoint_restore(line: Line, rt: &'static str) {
     }
 
     // The counter goes on from where it was: same token, count beyond the checkpoint.
-    let r1 = poll(STATE_TIMEOUT, || host_count(rpid).filter(|c| c.0 == token && c.1 > c2.1))
-        .unwrap_or_else(|| {
-            panic!(
-                "{} after restore the counter is {:?}; checkpointed at {c1:?}..{c2:?} (a new token means it started from scratch)",
-                t.tag,
-                host_count(rpid)
-            )
-        });
+    let r1 = poll(STATE_TIMEOUT, || host_count(rpid).filter(|c| c.0 == token && c.1 > c2.1)).unwrap_or_else(|| {
+        panic!(
+            "{} after restore the counter is {:?}; checkpointed at {c1:?}..{c2:?} (a new token means it started from scratch)",
+            t.tag,
+            host_count(rpid)
+        )
+    });
     std::thread::sleep(Duration::from_millis(500));
     let r2 = exec_count(&t, &id, "after-restore");
     assert_eq!(r2.0, token, "{} counter token after restore", t.tag);
-    assert!(
-        r2.1 > r1.1,
-        "{} counter stuck after restore: {r1:?} then {r2:?}",
-        t.tag
-    );
+    assert!(r2.1 > r1.1, "{} counter stuck after restore: {r1:?} then {r2:?}", t.tag);
     // Not more than what time allows: restored, not some other count.
     let allowed = c2.1 + (started.elapsed().as_secs_f64() / 0.1).ceil() as u64 + 10;
-    assert!(
-        r2.1 <= allowed,
-        "{} counter {r2:?} too far beyond checkpoint {c2:?}",
-        t.tag
-    );
-    eprintln!(
-        "{} counter: checkpointed at {c1:?}..{c2:?}, restored {r1:?}, then {r2:?}",
-        t.tag
-    );
+    assert!(r2.1 <= allowed, "{} counter {r2:?} too far beyond checkpoint {c2:?}", t.tag);
+    eprintln!("{} counter: checkpointed at {c1:?}..{c2:?}, restored {r1:?}, then {r2:?}", t.tag);
     t.kill_delete(&id);
 }
 
@@ -1013,10 +612,7 @@ fn checkpoint_options_argv(line: Line, rt: &'static str) {
     let criu = criu();
     match &criu {
         Ok(p) => t.cd.add_bin("criu", p),
-        Err(why) => eprintln!(
-            "{} no CRIU ({why}): only the recorded argv is checked",
-            t.tag
-        ),
+        Err(why) => eprintln!("{} no CRIU ({why}): only the recorded argv is checked", t.tag),
     }
     let log = t.cd.dir.join("runtime-argv.log");
     let recorder = t.cd.dir.join("recording-runtime");
@@ -1036,11 +632,7 @@ fn checkpoint_options_argv(line: Line, rt: &'static str) {
     let config_s = config.to_string_lossy().into_owned();
     // Keel takes runtime options as a TOML file (ctr sends runtimeoptions
     // ConfigPath for any non-runc runtime); runc-v2 as --runc-binary.
-    let flags: Vec<&str> = if t.keel() {
-        vec!["--runtime-config-path", &config_s]
-    } else {
-        vec!["--runc-binary", &recorder_s]
-    };
+    let flags: Vec<&str> = if t.keel() { vec!["--runtime-config-path", &config_s] } else { vec!["--runc-binary", &recorder_s] };
 
     let ev = t.cd.events();
     let id = t.cd.id("ckargs");
@@ -1049,12 +641,7 @@ fn checkpoint_options_argv(line: Line, rt: &'static str) {
         fs::read_to_string(&log)
             .unwrap_or_default()
             .lines()
-            .map(|l| {
-                l.trim_end_matches('\t')
-                    .split('\t')
-                    .map(str::to_string)
-                    .collect()
-            })
+            .map(|l| l.trim_end_matches('\t').split('\t').map(str::to_string).collect())
             .collect()
     };
     assert!(
@@ -1064,25 +651,11 @@ fn checkpoint_options_argv(line: Line, rt: &'static str) {
         calls()
     );
     let checkpoint_call = |n: usize| -> Vec<String> {
-        let cs: Vec<Vec<String>> = calls()
-            .into_iter()
-            .filter(|c| c.contains(&"checkpoint".to_string()))
-            .collect();
-        let c = cs
-            .get(n)
-            .unwrap_or_else(|| panic!("{} no checkpoint call #{n} recorded: {cs:?}", t.tag))
-            .clone();
+        let cs: Vec<Vec<String>> = calls().into_iter().filter(|c| c.contains(&"checkpoint".to_string())).collect();
+        let c = cs.get(n).unwrap_or_else(|| panic!("{} no checkpoint call #{n} recorded: {cs:?}", t.tag)).clone();
         let at = c.iter().position(|a| a == "checkpoint").unwrap();
-        let root = c
-            .iter()
-            .position(|a| a == "--root")
-            .map(|i| c[i + 1].clone());
-        assert_eq!(
-            root,
-            Some(format!("{RUNC_DEFAULT_ROOT}/{}", t.cd.ns)),
-            "{} runtime --root: {c:?}",
-            t.tag
-        );
+        let root = c.iter().position(|a| a == "--root").map(|i| c[i + 1].clone());
+        assert_eq!(root, Some(format!("{RUNC_DEFAULT_ROOT}/{}", t.cd.ns)), "{} runtime --root: {c:?}", t.tag);
         c[at + 1..].to_vec()
     };
     // Flags in the order given, or, for runc-v2 (go-runc orders them its own
@@ -1111,9 +684,7 @@ fn checkpoint_options_argv(line: Line, rt: &'static str) {
                 let mut out = Vec::new();
                 let mut i = 0;
                 while i < v.len() {
-                    if matches!(v[i].as_str(), "--image-path" | "--work-path" | "--empty-ns")
-                        && i + 1 < v.len()
-                    {
+                    if matches!(v[i].as_str(), "--image-path" | "--work-path" | "--empty-ns") && i + 1 < v.len() {
                         out.push(format!("{} {}", v[i], v[i + 1]));
                         i += 2;
                     } else {
@@ -1147,10 +718,7 @@ fn checkpoint_options_argv(line: Line, rt: &'static str) {
         work_path: work1.to_string_lossy().into_owned(),
     };
     let r = grpc_checkpoint(&t.cd, &id, &opts);
-    let (i1, w1) = (
-        img1.to_string_lossy().into_owned(),
-        work1.to_string_lossy().into_owned(),
-    );
+    let (i1, w1) = (img1.to_string_lossy().into_owned(), work1.to_string_lossy().into_owned());
     check(
         &checkpoint_call(0),
         &[
@@ -1169,27 +737,14 @@ fn checkpoint_options_argv(line: Line, rt: &'static str) {
         ],
     );
     if criu.is_ok() {
-        let stored = r.unwrap_or_else(|s| {
-            panic!(
-                "{} Checkpoint with every option: {s:?}\n{}",
-                t.tag,
-                t.cd.log_tail(40)
-            )
-        });
+        let stored = r.unwrap_or_else(|s| panic!("{} Checkpoint with every option: {s:?}\n{}", t.tag, t.cd.log_tail(40)));
         // containerd honours image_path only for io.containerd.runc.* runtimes
         // (then it stores nothing); for any other runtime it passes its own
         // temporary directory as the request's path and stores what the
         // runtime dumped there: a real checkpoint, more than an empty tar.
-        eprintln!(
-            "{} content containerd stored for the checkpoint: {stored:?}",
-            t.tag
-        );
+        eprintln!("{} content containerd stored for the checkpoint: {stored:?}", t.tag);
         if request_path_is_containerds {
-            assert!(
-                stored.iter().any(|(_, _, size)| *size > 4096),
-                "{} containerd stored no CRIU image: {stored:?}",
-                t.tag
-            );
+            assert!(stored.iter().any(|(_, _, size)| *size > 4096), "{} containerd stored no CRIU image: {stored:?}", t.tag);
         }
         // containerd 1.6 then fails the next checkpoint of this container
         // with "content sha256:...: already exists" (it commits the same
@@ -1198,24 +753,10 @@ fn checkpoint_options_argv(line: Line, rt: &'static str) {
         for (_, digest, _) in &stored {
             t.cd.ctr(&["content", "rm", digest]);
         }
-        assert!(
-            request_path_is_containerds || img1.join("inventory.img").is_file(),
-            "{} no CRIU image in {}",
-            t.tag,
-            img1.display()
-        );
-        assert_eq!(
-            t.task(&id).map(|x| x.1),
-            Some("RUNNING".to_string()),
-            "{} leave-running",
-            t.tag
-        );
+        assert!(request_path_is_containerds || img1.join("inventory.img").is_file(), "{} no CRIU image in {}", t.tag, img1.display());
+        assert_eq!(t.task(&id).map(|x| x.1), Some("RUNNING".to_string()), "{} leave-running", t.tag);
         if t.keel() {
-            let e = ev.expect(
-                "checkpointed",
-                |e| e.topic == "/tasks/checkpointed" && e.container_id() == Some(&id),
-                RUN_TIMEOUT,
-            );
+            let e = ev.expect("checkpointed", |e| e.topic == "/tasks/checkpointed" && e.container_id() == Some(&id), RUN_TIMEOUT);
             let dumped = checkpoint_call(0);
             let at = dumped.iter().position(|a| a == "--image-path").expect("--image-path") + 1;
             assert_eq!(e.payload["checkpoint"], dumped[at].as_str(), "{} {}", t.tag, e.raw);
@@ -1234,40 +775,18 @@ fn checkpoint_options_argv(line: Line, rt: &'static str) {
         ..Default::default()
     };
     let r = grpc_checkpoint(&t.cd, &id, &opts);
-    let (i2, w2) = (
-        img2.to_string_lossy().into_owned(),
-        work2.to_string_lossy().into_owned(),
-    );
-    check(
-        &checkpoint_call(1),
-        &["--image-path", &i2, "--work-path", &w2, &id],
-    );
+    let (i2, w2) = (img2.to_string_lossy().into_owned(), work2.to_string_lossy().into_owned());
+    check(&checkpoint_call(1), &["--image-path", &i2, "--work-path", &w2, &id]);
     if criu.is_ok() {
-        r.unwrap_or_else(|s| {
-            panic!(
-                "{} Checkpoint with exit: {s:?}\n{}",
-                t.tag,
-                t.cd.log_tail(40)
-            )
-        });
-        assert!(
-            request_path_is_containerds || img2.join("inventory.img").is_file(),
-            "{} no CRIU image in {}",
-            t.tag,
-            img2.display()
-        );
-        ev.expect(
-            "exit after checkpoint --exit",
-            |e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(),
-            RUN_TIMEOUT,
-        );
+        r.unwrap_or_else(|s| panic!("{} Checkpoint with exit: {s:?}\n{}", t.tag, t.cd.log_tail(40)));
+        assert!(request_path_is_containerds || img2.join("inventory.img").is_file(), "{} no CRIU image in {}", t.tag, img2.display());
+        ev.expect("exit after checkpoint --exit", |e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(), RUN_TIMEOUT);
         t.wait_status(&id, "STOPPED");
     }
     t.kill_delete(&id);
 }
 
 // ---------------------------------------------------------------------------
-
 
 // Keel and, for parity, containerd's io.containerd.runc.v2.
 scenarios!(

@@ -28,56 +28,27 @@ impl Scenario {
     /// `NewTask` returned: an EOF read before that (a short pipe) is dropped and
     /// the process never sees EOF, whatever the shim. Holding the pipe open until
     /// /tasks/start keeps the test about the shim.
-    fn run_stdin_eof(
-        &self,
-        ev: &EventsWatcher,
-        flags: &[&str],
-        id: &str,
-        cmd: &[&str],
-        input: &[u8],
-    ) -> Output {
+    fn run_stdin_eof(&self, ev: &EventsWatcher, flags: &[&str], id: &str, cmd: &[&str], input: &[u8]) -> Output {
         let (h, data, cid) = (ev.handle(), input.to_vec(), id.to_string());
         let feed = Box::new(move |mut w: std::process::ChildStdin| {
             use std::io::Write;
             let _ = w.write_all(&data);
-            h.wait_for(
-                |e| e.topic == "/tasks/start" && e.container_id() == Some(&cid),
-                RUN_TIMEOUT,
-            );
+            h.wait_for(|e| e.topic == "/tasks/start" && e.container_id() == Some(&cid), RUN_TIMEOUT);
             std::thread::sleep(Duration::from_millis(50));
             drop(w);
         });
-        self.cd
-            .ctr_feed(&strs(&self.run_args(flags, None, id, cmd)), feed, RUN_TIMEOUT)
+        self.cd.ctr_feed(&strs(&self.run_args(flags, None, id, cmd)), feed, RUN_TIMEOUT)
     }
 
     /// The shim still serves container `id`: `task ps` lists its init pid and an exec answers.
     fn assert_serving(&self, id: &str, why: &str) {
-        let (pid, status) = self.task(id).unwrap_or_else(|| {
-            panic!(
-                "{} after {why}: task {id} vanished from `ctr task ls`",
-                self.tag
-            )
-        });
-        assert_eq!(
-            status, "RUNNING",
-            "{} after {why}: task {id} is {status}",
-            self.tag
-        );
+        let (pid, status) = self.task(id).unwrap_or_else(|| panic!("{} after {why}: task {id} vanished from `ctr task ls`", self.tag));
+        assert_eq!(status, "RUNNING", "{} after {why}: task {id} is {status}", self.tag);
         let ps = self.ps(id);
-        assert!(
-            ps.iter().any(|p| p.0 == pid),
-            "{} after {why}: `ctr task ps {id}` does not list init pid {pid}: {ps:?}",
-            self.tag
-        );
+        assert!(ps.iter().any(|p| p.0 == pid), "{} after {why}: `ctr task ps {id}` does not list init pid {pid}: {ps:?}", self.tag);
         let eid = unique("alive");
         let o = self.exec(&[], id, &eid, &["echo", "still-alive"]);
-        assert!(
-            o.ok() && o.out() == "still-alive\n",
-            "{} after {why}: exec in {id} does not work: {}",
-            self.tag,
-            o.describe()
-        );
+        assert!(o.ok() && o.out() == "still-alive\n", "{} after {why}: exec in {id} does not work: {}", self.tag, o.describe());
     }
 
     /// The /tasks/delete event of `id`.
@@ -89,27 +60,13 @@ impl Scenario {
     /// it; Keel may not, on either line: it must flush its events before exiting.
     fn delete_event(&self, ev: &EventsWatcher, id: &str) -> Option<Event> {
         let lenient = self.rt == RUNC_V2 && self.line == Line::V2;
-        let timeout = if lenient {
-            Duration::from_secs(5)
-        } else {
-            RUN_TIMEOUT
-        };
-        let e = ev.wait_for(
-            |e| e.topic == "/tasks/delete" && e.container_id() == Some(id),
-            timeout,
-        );
+        let timeout = if lenient { Duration::from_secs(5) } else { RUN_TIMEOUT };
+        let e = ev.wait_for(|e| e.topic == "/tasks/delete" && e.container_id() == Some(id), timeout);
         if e.is_none() {
             if lenient {
-                eprintln!(
-                    "{} note: /tasks/delete for {id} lost (known containerd 2.x runc-v2 flake)",
-                    self.tag
-                );
+                eprintln!("{} note: /tasks/delete for {id} lost (known containerd 2.x runc-v2 flake)", self.tag);
             } else {
-                panic!(
-                    "{} no /tasks/delete event for {id} within {timeout:?}; events seen:\n{}",
-                    self.tag,
-                    ev.lines().join("\n")
-                );
+                panic!("{} no /tasks/delete event for {id} within {timeout:?}; events seen:\n{}", self.tag, ev.lines().join("\n"));
             }
         }
         e
@@ -122,19 +79,12 @@ fn is_task_event(e: &Event, id: &str) -> bool {
 
 /// `tty` output: a /dev/pts/N line.
 fn has_pts_line(out: &str) -> bool {
-    out.lines().any(|l| {
-        l.trim()
-            .strip_prefix("/dev/pts/")
-            .map(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
-            .unwrap_or(false)
-    })
+    out.lines().any(|l| l.trim().strip_prefix("/dev/pts/").map(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())).unwrap_or(false))
 }
 
 /// Shell snippet: wait (at most ~`tenths`/20 s) until `stty size` is `size`, then print `label=<size>`.
 fn wait_size_script(size: &str, label: &str, tries: u32) -> String {
-    format!(
-        "i=0; while [ \"$(stty size)\" != '{size}' ] && [ $i -lt {tries} ]; do sleep 0.05; i=$((i+1)); done; echo {label}=$(stty size)"
-    )
+    format!("i=0; while [ \"$(stty size)\" != '{size}' ] && [ $i -lt {tries} ]; do sleep 0.05; i=$((i+1)); done; echo {label}=$(stty size)")
 }
 
 // ---------------------------------------------------------------------------
@@ -145,25 +95,12 @@ fn wait_size_script(size: &str, label: &str, tries: u32) -> String {
 fn run_output_and_exit_code(line: Line, rt: &'static str) {
     let t = T::new(line, rt);
     let id = t.cd.id("exit3");
-    let o = t.run(
-        &["--rm"],
-        &id,
-        &["sh", "-c", "echo hi; echo to-stderr >&2; exit 3"],
-    );
+    let o = t.run(&["--rm"], &id, &["sh", "-c", "echo hi; echo to-stderr >&2; exit 3"]);
     assert_eq!(o.code, Some(3), "{} exit code: {}", t.tag, o.describe());
     assert_eq!(o.out(), "hi\n", "{} stdout: {}", t.tag, o.describe());
-    assert!(
-        o.err().contains("to-stderr"),
-        "{} stderr: {}",
-        t.tag,
-        o.describe()
-    );
+    assert!(o.err().contains("to-stderr"), "{} stderr: {}", t.tag, o.describe());
     let cs = t.cd.ctr_ok(&["containers", "ls", "-q"]);
-    assert!(
-        !cs.contains(&id),
-        "{} --rm left container {id}: {cs}",
-        t.tag
-    );
+    assert!(!cs.contains(&id), "{} --rm left container {id}: {cs}", t.tag);
 }
 
 /// stdin reaches the process, and so does its EOF.
@@ -178,33 +115,19 @@ fn run_stdin_and_eof(line: Line, rt: &'static str) {
     let ev = t.cd.events();
     let id = t.cd.id("stdin-wc");
     let o = t.run_stdin_eof(&ev, &["--rm"], &id, &["wc", "-l"], b"a\nb\n");
-    assert!(
-        o.ok() && !o.timed_out,
-        "{} printf 'a\\nb\\n' | wc -l (EOF lost?): {}",
-        t.tag,
-        o.describe()
-    );
+    assert!(o.ok() && !o.timed_out, "{} printf 'a\\nb\\n' | wc -l (EOF lost?): {}", t.tag, o.describe());
     assert_eq!(o.out().trim(), "2", "{} {}", t.tag, o.describe());
 
     // 1 MiB of stdin arrives complete.
     let mut data = vec![0u8; 1 << 20];
     {
         use std::io::Read;
-        std::fs::File::open("/dev/urandom")
-            .unwrap()
-            .read_exact(&mut data)
-            .unwrap();
+        std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut data).unwrap();
     }
     let id = t.cd.id("stdin-md5");
     let o = t.run_stdin_eof(&ev, &["--rm"], &id, &["md5sum"], &data);
     assert!(o.ok(), "{} 1 MiB | md5sum: {}", t.tag, o.describe());
-    assert_eq!(
-        o.out().split_whitespace().next().unwrap_or(""),
-        md5_hex(&data),
-        "{} stdin bytes differ: {}",
-        t.tag,
-        o.describe()
-    );
+    assert_eq!(o.out().split_whitespace().next().unwrap_or(""), md5_hex(&data), "{} stdin bytes differ: {}", t.tag, o.describe());
 }
 
 /// 10 MiB written by the container arrive intact and complete.
@@ -215,59 +138,23 @@ fn run_large_output(line: Line, rt: &'static str) {
     let script = format!("exec 3>&1; head -c {n} /dev/urandom | tee /proc/self/fd/3 | md5sum >&2");
     let o = t.run(&["--rm"], &id, &["sh", "-c", &script]);
     assert!(o.ok(), "{} {}", t.tag, truncate(&o.describe(), 3000));
-    assert_eq!(
-        o.stdout.len(),
-        n,
-        "{} got {} bytes of {n}; stderr: {}",
-        t.tag,
-        o.stdout.len(),
-        o.err()
-    );
+    assert_eq!(o.stdout.len(), n, "{} got {} bytes of {n}; stderr: {}", t.tag, o.stdout.len(), o.err());
     let inside = o.err().split_whitespace().next().unwrap_or("").to_string();
-    assert_eq!(
-        inside.len(),
-        32,
-        "{} no md5 from inside: {}",
-        t.tag,
-        o.err()
-    );
-    assert_eq!(
-        md5_hex(&o.stdout),
-        inside,
-        "{} bytes changed on the way",
-        t.tag
-    );
+    assert_eq!(inside.len(), 32, "{} no md5 from inside: {}", t.tag, o.err());
+    assert_eq!(md5_hex(&o.stdout), inside, "{} bytes changed on the way", t.tag);
 }
 
 /// `ctr run -t`: a terminal, its size, and a live resize seen inside.
 fn run_tty_and_resize(line: Line, rt: &'static str) {
     let t = T::new(line, rt);
     let id = t.cd.id("tty");
-    let script = format!(
-        "tty; {}; {}; exit 5",
-        wait_size_script("33 111", "SIZE1", 100),
-        wait_size_script("40 120", "SIZE2", 300)
-    );
+    let script = format!("tty; {}; {}; exit 5", wait_size_script("33 111", "SIZE1", 100), wait_size_script("40 120", "SIZE2", 300));
     let args = t.run_args(&["--rm", "-t"], None, &id, &["sh", "-c", &script]);
     let p = PtyProc::spawn(t.cd.ctr_command(&strs(&args)), 33, 111);
-    assert!(
-        p.wait_output("SIZE1=", Duration::from_secs(30)),
-        "{} no output from `{}`: {:?}",
-        t.tag,
-        p.what(),
-        p.output()
-    );
+    assert!(p.wait_output("SIZE1=", Duration::from_secs(30)), "{} no output from `{}`: {:?}", t.tag, p.what(), p.output());
     let out = p.output();
-    assert!(
-        out.contains("SIZE1=33 111"),
-        "{} the pty size set before ctr started is not seen inside: {out:?}",
-        t.tag
-    );
-    assert!(
-        has_pts_line(&out),
-        "{} `tty` did not print /dev/pts/N: {out:?}",
-        t.tag
-    );
+    assert!(out.contains("SIZE1=33 111"), "{} the pty size set before ctr started is not seen inside: {out:?}", t.tag);
+    assert!(has_pts_line(&out), "{} `tty` did not print /dev/pts/N: {out:?}", t.tag);
     // Resize while running; the kernel sends ctr SIGWINCH and ctr resizes the task.
     // ctr installs its SIGWINCH handler just after the first resize: retry a few times.
     let mut seen = false;
@@ -281,11 +168,7 @@ fn run_tty_and_resize(line: Line, rt: &'static str) {
         }
     }
     let (code, timed_out, out) = p.wait(Duration::from_secs(30));
-    assert!(
-        seen && out.contains("SIZE2=40 120"),
-        "{} resize not seen inside: {out:?}",
-        t.tag
-    );
+    assert!(seen && out.contains("SIZE2=40 120"), "{} resize not seen inside: {out:?}", t.tag);
     assert!(!timed_out, "{} ctr run -t did not exit: {out:?}", t.tag);
     assert_eq!(code, Some(5), "{} exit code of ctr run -t: {out:?}", t.tag);
 }
@@ -297,35 +180,14 @@ fn exec_in_running_task(line: Line, rt: &'static str) {
     t.run_d(&id, &["sleep", "1000"]);
     t.wait_status(&id, "RUNNING");
 
-    let o = t.exec(
-        &[],
-        &id,
-        "ex-out",
-        &["sh", "-c", "echo out; echo err >&2; exit 4"],
-    );
-    assert_eq!(
-        o.code,
-        Some(4),
-        "{} exec exit code: {}",
-        t.tag,
-        o.describe()
-    );
+    let o = t.exec(&[], &id, "ex-out", &["sh", "-c", "echo out; echo err >&2; exit 4"]);
+    assert_eq!(o.code, Some(4), "{} exec exit code: {}", t.tag, o.describe());
     assert_eq!(o.out(), "out\n", "{} exec stdout: {}", t.tag, o.describe());
-    assert!(
-        o.err().contains("err"),
-        "{} exec stderr: {}",
-        t.tag,
-        o.describe()
-    );
+    assert!(o.err().contains("err"), "{} exec stderr: {}", t.tag, o.describe());
 
     let args = t.exec_args(&[], &id, "ex-stdin", &["head", "-n", "1"]);
     let o = t.cd.ctr_stdin(&strs(&args), b"xyz\n", RUN_TIMEOUT);
-    assert!(
-        o.ok() && o.out() == "xyz\n",
-        "{} exec stdin: {}",
-        t.tag,
-        o.describe()
-    );
+    assert!(o.ok() && o.out() == "xyz\n", "{} exec stdin: {}", t.tag, o.describe());
 
     // exec -t
     let script = format!("tty; {}; exit 6", wait_size_script("33 111", "SIZE", 100));
@@ -333,41 +195,19 @@ fn exec_in_running_task(line: Line, rt: &'static str) {
     let p = PtyProc::spawn(t.cd.ctr_command(&strs(&args)), 33, 111);
     let (code, timed_out, out) = p.wait(Duration::from_secs(30));
     assert!(!timed_out, "{} exec -t hung: {out:?}", t.tag);
-    assert!(
-        has_pts_line(&out),
-        "{} exec -t: `tty` did not print /dev/pts/N: {out:?}",
-        t.tag
-    );
-    assert!(
-        out.contains("SIZE=33 111"),
-        "{} exec -t: size not seen: {out:?}",
-        t.tag
-    );
+    assert!(has_pts_line(&out), "{} exec -t: `tty` did not print /dev/pts/N: {out:?}", t.tag);
+    assert!(out.contains("SIZE=33 111"), "{} exec -t: size not seen: {out:?}", t.tag);
     assert_eq!(code, Some(6), "{} exec -t exit code: {out:?}", t.tag);
 
     // A clashing exec id while the first exec runs: AlreadyExists.
     let o = t.exec(&["-d"], &id, "ex-long", &["sleep", "1000"]);
     assert!(o.ok(), "{} exec -d: {}", t.tag, o.describe());
     let o = t.exec(&["-d"], &id, "ex-long", &["sleep", "1"]);
-    eprintln!(
-        "{} clashing exec id -> code {:?}, stderr: {}",
-        t.tag,
-        o.code,
-        o.err().trim()
-    );
-    assert!(
-        !o.ok() && !o.timed_out,
-        "{} a second exec with id ex-long succeeded: {}",
-        t.tag,
-        o.describe()
-    );
+    eprintln!("{} clashing exec id -> code {:?}, stderr: {}", t.tag, o.code, o.err().trim());
+    assert!(!o.ok() && !o.timed_out, "{} a second exec with id ex-long succeeded: {}", t.tag, o.describe());
     t.assert_code(&o, "ex-long", "already exists");
     let ps = t.ps(&id);
-    assert!(
-        ps.iter().any(|p| p.1.contains("ex-long")),
-        "{} `task ps` lacks exec ex-long: {ps:?}",
-        t.tag
-    );
+    assert!(ps.iter().any(|p| p.1.contains("ex-long")), "{} `task ps` lacks exec ex-long: {ps:?}", t.tag);
     t.assert_serving(&id, "a clashing exec id");
 }
 
@@ -381,48 +221,22 @@ fn kill_ps_delete(line: Line, rt: &'static str) {
     let pid = t.wait_status(&id, "RUNNING");
     assert!(pid > 0, "{} task ls shows no pid", t.tag);
     // the sleep child shows the trap is set
-    let ps =
-        poll(STATE_TIMEOUT, || Some(t.ps(&id)).filter(|p| p.len() >= 2)).unwrap_or_else(|| {
-            panic!(
-                "{} `task ps` never listed 2 processes: {:?}",
-                t.tag,
-                t.ps(&id)
-            )
-        });
-    assert!(
-        ps.iter().any(|p| p.0 == pid),
-        "{} `task ps` lacks init pid {pid}: {ps:?}",
-        t.tag
-    );
+    let ps = poll(STATE_TIMEOUT, || Some(t.ps(&id)).filter(|p| p.len() >= 2))
+        .unwrap_or_else(|| panic!("{} `task ps` never listed 2 processes: {:?}", t.tag, t.ps(&id)));
+    assert!(ps.iter().any(|p| p.0 == pid), "{} `task ps` lacks init pid {pid}: {ps:?}", t.tag);
 
     let o = t.cd.ctr(&["tasks", "kill", &id]);
     assert!(o.ok(), "{} task kill: {}", t.tag, o.describe());
-    let e = ev.expect(
-        "init exit 42",
-        |e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(),
-        RUN_TIMEOUT,
-    );
-    assert_eq!(
-        e.payload["exit_status"], 42,
-        "{} SIGTERM exit status: {}",
-        t.tag, e.raw
-    );
+    let e = ev.expect("init exit 42", |e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(), RUN_TIMEOUT);
+    assert_eq!(e.payload["exit_status"], 42, "{} SIGTERM exit status: {}", t.tag, e.raw);
     assert_eq!(e.payload["pid"], pid, "{} exit event pid: {}", t.tag, e.raw);
     t.wait_status(&id, "STOPPED");
     let o = t.cd.ctr(&["tasks", "delete", &id]);
     assert!(o.ok(), "{} task delete: {}", t.tag, o.describe());
     if let Some(e) = t.delete_event(&ev, &id) {
-        assert_eq!(
-            e.payload["exit_status"], 42,
-            "{} /tasks/delete exit status: {}",
-            t.tag, e.raw
-        );
+        assert_eq!(e.payload["exit_status"], 42, "{} /tasks/delete exit status: {}", t.tag, e.raw);
     }
-    assert!(
-        t.task(&id).is_none(),
-        "{} task still listed after delete",
-        t.tag
-    );
+    assert!(t.task(&id).is_none(), "{} task still listed after delete", t.tag);
     t.cd.ctr_ok(&["containers", "delete", &id]);
 
     // kill -a: signals every process. sleep as pid 1 ignores SIGTERM (no handler),
@@ -437,45 +251,21 @@ fn kill_ps_delete(line: Line, rt: &'static str) {
     assert!(o.ok(), "{} task kill -a: {}", t.tag, o.describe());
     let e = ev.expect(
         "exec exit after kill -a",
-        |e| {
-            e.topic == "/tasks/exit" && e.container_id() == Some(&id) && e.payload["id"] == "victim"
-        },
+        |e| e.topic == "/tasks/exit" && e.container_id() == Some(&id) && e.payload["id"] == "victim",
         RUN_TIMEOUT,
     );
-    assert_eq!(
-        e.payload["exit_status"], 143,
-        "{} exec killed by SIGTERM: {}",
-        t.tag, e.raw
-    );
-    assert_eq!(
-        t.task(&id).map(|t| t.1),
-        Some("RUNNING".to_string()),
-        "{} init (ignores SIGTERM) should run on",
-        t.tag
-    );
+    assert_eq!(e.payload["exit_status"], 143, "{} exec killed by SIGTERM: {}", t.tag, e.raw);
+    assert_eq!(t.task(&id).map(|t| t.1), Some("RUNNING".to_string()), "{} init (ignores SIGTERM) should run on", t.tag);
     let o = t.cd.ctr(&["tasks", "kill", "-a", "-s", "SIGKILL", &id]);
-    assert!(
-        o.ok(),
-        "{} task kill -a -s SIGKILL: {}",
-        t.tag,
-        o.describe()
-    );
-    let e = ev.expect(
-        "init exit",
-        |e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(),
-        RUN_TIMEOUT,
-    );
+    assert!(o.ok(), "{} task kill -a -s SIGKILL: {}", t.tag, o.describe());
+    let e = ev.expect("init exit", |e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(), RUN_TIMEOUT);
     assert_eq!(e.payload["exit_status"], 137, "{} {}", t.tag, e.raw);
     assert_eq!(e.payload["pid"], pid, "{} {}", t.tag, e.raw);
     t.wait_status(&id, "STOPPED");
     let o = t.cd.ctr(&["tasks", "delete", &id]);
     assert!(o.ok(), "{} task delete: {}", t.tag, o.describe());
     if let Some(e) = t.delete_event(&ev, &id) {
-        assert_eq!(
-            e.payload["exit_status"], 137,
-            "{} /tasks/delete exit status: {}",
-            t.tag, e.raw
-        );
+        assert_eq!(e.payload["exit_status"], 137, "{} /tasks/delete exit status: {}", t.tag, e.raw);
     }
     t.cd.ctr_ok(&["containers", "delete", &id]);
 }
@@ -488,18 +278,10 @@ fn events_order(line: Line, rt: &'static str) {
     t.run_d(&id, &["sleep", "1000"]);
     let o = t.exec(&["-d"], &id, "ev-exec", &["sleep", "1000"]);
     assert!(o.ok(), "{} exec -d: {}", t.tag, o.describe());
-    ev.expect(
-        "exec-started",
-        |e| e.topic == "/tasks/exec-started" && e.container_id() == Some(&id),
-        RUN_TIMEOUT,
-    );
+    ev.expect("exec-started", |e| e.topic == "/tasks/exec-started" && e.container_id() == Some(&id), RUN_TIMEOUT);
     let o = t.cd.ctr(&["tasks", "kill", "-s", "SIGKILL", &id]);
     assert!(o.ok(), "{} kill: {}", t.tag, o.describe());
-    ev.expect(
-        "init exit",
-        |e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(),
-        RUN_TIMEOUT,
-    );
+    ev.expect("init exit", |e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(), RUN_TIMEOUT);
     t.wait_status(&id, "STOPPED");
     let o = t.cd.ctr(&["tasks", "delete", &id]);
     assert!(o.ok(), "{} task delete: {}", t.tag, o.describe());
@@ -507,11 +289,7 @@ fn events_order(line: Line, rt: &'static str) {
     // let any stray late event arrive
     std::thread::sleep(Duration::from_millis(300));
 
-    let evs: Vec<Event> = ev
-        .events()
-        .into_iter()
-        .filter(|e| is_task_event(e, &id))
-        .collect();
+    let evs: Vec<Event> = ev.events().into_iter().filter(|e| is_task_event(e, &id)).collect();
     let got: Vec<String> = evs
         .iter()
         .map(|e| match e.topic.as_str() {
@@ -531,64 +309,22 @@ fn events_order(line: Line, rt: &'static str) {
     if !deleted {
         want.pop(); // see T::delete_event
     }
-    assert_eq!(
-        got,
-        want,
-        "{} task events in order:\n{}",
-        t.tag,
-        evs.iter()
-            .map(|e| e.raw.as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert_eq!(got, want, "{} task events in order:\n{}", t.tag, evs.iter().map(|e| e.raw.as_str()).collect::<Vec<_>>().join("\n"));
     // Payloads agree with each other.
     let init_pid = &evs[0].payload["pid"];
-    assert!(
-        init_pid.as_u64().unwrap_or(0) > 0,
-        "{} create pid: {}",
-        t.tag,
-        evs[0].raw
-    );
+    assert!(init_pid.as_u64().unwrap_or(0) > 0, "{} create pid: {}", t.tag, evs[0].raw);
     assert_eq!(&evs[1].payload["pid"], init_pid, "{} start pid", t.tag);
-    assert_eq!(
-        evs[2].payload["exec_id"], "ev-exec",
-        "{} {}",
-        t.tag, evs[2].raw
-    );
-    assert_eq!(
-        evs[3].payload["exec_id"], "ev-exec",
-        "{} {}",
-        t.tag, evs[3].raw
-    );
-    assert_eq!(
-        evs[4].payload["pid"], evs[3].payload["pid"],
-        "{} exec exit pid",
-        t.tag
-    );
-    assert_eq!(
-        evs[4].payload["exit_status"], 137,
-        "{} {}",
-        t.tag, evs[4].raw
-    );
+    assert_eq!(evs[2].payload["exec_id"], "ev-exec", "{} {}", t.tag, evs[2].raw);
+    assert_eq!(evs[3].payload["exec_id"], "ev-exec", "{} {}", t.tag, evs[3].raw);
+    assert_eq!(evs[4].payload["pid"], evs[3].payload["pid"], "{} exec exit pid", t.tag);
+    assert_eq!(evs[4].payload["exit_status"], 137, "{} {}", t.tag, evs[4].raw);
     assert_eq!(&evs[5].payload["pid"], init_pid, "{} init exit pid", t.tag);
-    assert_eq!(
-        evs[5].payload["exit_status"], 137,
-        "{} {}",
-        t.tag, evs[5].raw
-    );
+    assert_eq!(evs[5].payload["exit_status"], 137, "{} {}", t.tag, evs[5].raw);
     if deleted {
-        assert_eq!(
-            evs[6].payload["exit_status"], 137,
-            "{} {}",
-            t.tag, evs[6].raw
-        );
+        assert_eq!(evs[6].payload["exit_status"], 137, "{} {}", t.tag, evs[6].raw);
         assert_eq!(&evs[6].payload["pid"], init_pid, "{} delete pid", t.tag);
     }
-    assert!(
-        evs.iter().all(|e| e.namespace == t.cd.ns),
-        "{} namespace",
-        t.tag
-    );
+    assert!(evs.iter().all(|e| e.namespace == t.cd.ns), "{} namespace", t.tag);
     t.cd.ctr_ok(&["containers", "delete", &id]);
 }
 
@@ -604,21 +340,13 @@ fn immediate_exit(line: Line, rt: &'static str) {
     let ev = t.cd.events();
     let id = t.cd.id("exit7d");
     t.run_d(&id, &["sh", "-c", "exit 7"]);
-    let e = ev.expect(
-        "exit 7",
-        |e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(),
-        RUN_TIMEOUT,
-    );
+    let e = ev.expect("exit 7", |e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(), RUN_TIMEOUT);
     assert_eq!(e.payload["exit_status"], 7, "{} {}", t.tag, e.raw);
     t.wait_status(&id, "STOPPED");
     let o = t.cd.ctr(&["tasks", "delete", &id]);
     assert!(o.ok(), "{} task delete: {}", t.tag, o.describe());
     if let Some(e) = t.delete_event(&ev, &id) {
-        assert_eq!(
-            e.payload["exit_status"], 7,
-            "{} /tasks/delete exit status: {}",
-            t.tag, e.raw
-        );
+        assert_eq!(e.payload["exit_status"], 7, "{} /tasks/delete exit status: {}", t.tag, e.raw);
     }
     t.cd.ctr_ok(&["containers", "delete", &id]);
 }
@@ -632,41 +360,14 @@ fn log_uri_file(line: Line, rt: &'static str) {
     // The sleep keeps both writes well before the exit: containerd 1.6's
     // runc-v2 shim sometimes loses stderr ("error copying stderr") when both
     // streams of a file:// log end at once.
-    let o = t.run(
-        &["--rm", "--log-uri", &uri],
-        &id,
-        &[
-            "sh",
-            "-c",
-            "echo to-log-err >&2; echo to-log-out; sleep 0.3; exit 0",
-        ],
-    );
+    let o = t.run(&["--rm", "--log-uri", &uri], &id, &["sh", "-c", "echo to-log-err >&2; echo to-log-out; sleep 0.3; exit 0"]);
     assert!(o.ok(), "{} {}", t.tag, o.describe());
-    assert!(
-        !o.out().contains("to-log-out"),
-        "{} output went to ctr too: {}",
-        t.tag,
-        o.describe()
-    );
+    assert!(!o.out().contains("to-log-out"), "{} output went to ctr too: {}", t.tag, o.describe());
     let content = poll(Duration::from_secs(10), || {
-        std::fs::read_to_string(&path)
-            .ok()
-            .filter(|c| c.contains("to-log-out") && c.contains("to-log-err"))
+        std::fs::read_to_string(&path).ok().filter(|c| c.contains("to-log-out") && c.contains("to-log-err"))
     })
-    .unwrap_or_else(|| {
-        panic!(
-            "{} {} lacks the output: {:?}",
-            t.tag,
-            path.display(),
-            std::fs::read_to_string(&path)
-        )
-    });
-    assert_eq!(
-        content.lines().count(),
-        2,
-        "{} log file: {content:?}",
-        t.tag
-    );
+    .unwrap_or_else(|| panic!("{} {} lacks the output: {:?}", t.tag, path.display(), std::fs::read_to_string(&path)));
+    assert_eq!(content.lines().count(), 2, "{} log file: {content:?}", t.tag);
 }
 
 /// After task delete and container rm nothing is left: shim, mounts, runtime state, socket, bundle.
@@ -680,14 +381,22 @@ fn no_leftovers_after_delete(line: Line, rt: &'static str) {
 
     // Sanity: while running, the checks below do find things.
     let shims = t.cd.shim_procs();
-    assert!(!shims.is_empty(), "{} no shim process found for the running container (the finder looks for argv[0]/exe `containerd-shim*` naming {})", t.tag, t.cd.sock.display());
+    assert!(
+        !shims.is_empty(),
+        "{} no shim process found for the running container (the finder looks for argv[0]/exe `containerd-shim*` naming {})",
+        t.tag,
+        t.cd.sock.display()
+    );
     let state = runc_state_dir(&t.cd.ns, &id);
-    assert!(state.exists(), "{} no runtime state at {} while running (expected runc's default --root {RUNC_DEFAULT_ROOT}/<namespace>)", t.tag, state.display());
+    assert!(
+        state.exists(),
+        "{} no runtime state at {} while running (expected runc's default --root {RUNC_DEFAULT_ROOT}/<namespace>)",
+        t.tag,
+        state.display()
+    );
     let bundle = t.cd.bundle_dir(&t.cd.ns, &id);
     assert!(bundle.exists(), "{} no bundle {}", t.tag, bundle.display());
-    let (sock, _) =
-        t.cd.shim_address(&t.cd.ns, &id)
-            .unwrap_or_else(|| panic!("{} no shim address in {}", t.tag, bundle.display()));
+    let (sock, _) = t.cd.shim_address(&t.cd.ns, &id).unwrap_or_else(|| panic!("{} no shim address in {}", t.tag, bundle.display()));
 
     t.cd.ctr(&["tasks", "kill", "-s", "SIGKILL", &id]);
     t.wait_status(&id, "STOPPED");
@@ -696,12 +405,7 @@ fn no_leftovers_after_delete(line: Line, rt: &'static str) {
     t.cd.ctr_ok(&["containers", "delete", &id]);
 
     let clean = poll(Duration::from_secs(10), || {
-        (t.cd.shim_procs().is_empty()
-            && t.cd.mounts().is_empty()
-            && !state.exists()
-            && !bundle.exists()
-            && !sock.exists())
-        .then_some(())
+        (t.cd.shim_procs().is_empty() && t.cd.mounts().is_empty() && !state.exists() && !bundle.exists() && !sock.exists()).then_some(())
     });
     if clean.is_none() {
         panic!(
@@ -733,30 +437,11 @@ fn bad_missing_rootfs(line: Line, rt: &'static str) {
     let i = args.iter().position(|a| a == "--rootfs").unwrap() + 1;
     args[i] = missing.to_string_lossy().into_owned();
     let o = t.cd.ctr_timeout(&strs(&args), RUN_TIMEOUT);
-    eprintln!(
-        "{} missing rootfs -> code {:?}, stderr: {}",
-        t.tag,
-        o.code,
-        o.err().trim()
-    );
-    assert!(
-        !o.ok() && !o.timed_out,
-        "{} run with a missing rootfs: {}",
-        t.tag,
-        o.describe()
-    );
-    assert!(
-        o.err().contains("no-such-rootfs"),
-        "{} the error does not name the rootfs: {}",
-        t.tag,
-        o.describe()
-    );
+    eprintln!("{} missing rootfs -> code {:?}, stderr: {}", t.tag, o.code, o.err().trim());
+    assert!(!o.ok() && !o.timed_out, "{} run with a missing rootfs: {}", t.tag, o.describe());
+    assert!(o.err().contains("no-such-rootfs"), "{} the error does not name the rootfs: {}", t.tag, o.describe());
     assert!(t.task(&id).is_none(), "{} a task is left for {id}", t.tag);
-    assert!(
-        t.cd.shim_procs_for(&id).is_empty(),
-        "{} a shim is left for {id}",
-        t.tag
-    );
+    assert!(t.cd.shim_procs_for(&id).is_empty(), "{} a shim is left for {id}", t.tag);
     t.assert_serving(&nb, "a missing rootfs");
 }
 
@@ -769,39 +454,13 @@ fn bad_exec_in_stopped_task(line: Line, rt: &'static str) {
     t.run_d(&id, &["true"]);
     t.wait_status(&id, "STOPPED");
     let o = t.exec(&[], &id, "late", &["echo", "should-not-run"]);
-    eprintln!(
-        "{} exec in stopped task -> code {:?}, stderr: {}",
-        t.tag,
-        o.code,
-        o.err().trim()
-    );
-    assert!(
-        !o.ok() && !o.timed_out,
-        "{} exec in a stopped task: {}",
-        t.tag,
-        o.describe()
-    );
-    assert!(
-        !o.out().contains("should-not-run"),
-        "{} {}",
-        t.tag,
-        o.describe()
-    );
-    assert!(
-        o.err().contains("stopped"),
-        "{} the error does not say the task is stopped: {}",
-        t.tag,
-        o.describe()
-    );
+    eprintln!("{} exec in stopped task -> code {:?}, stderr: {}", t.tag, o.code, o.err().trim());
+    assert!(!o.ok() && !o.timed_out, "{} exec in a stopped task: {}", t.tag, o.describe());
+    assert!(!o.out().contains("should-not-run"), "{} {}", t.tag, o.describe());
+    assert!(o.err().contains("stopped"), "{} the error does not say the task is stopped: {}", t.tag, o.describe());
     t.assert_serving(&nb, "exec in a stopped task");
     let o = t.cd.ctr(&["tasks", "delete", &id]);
-    assert_eq!(
-        o.code,
-        Some(0),
-        "{} delete stopped task: {}",
-        t.tag,
-        o.describe()
-    );
+    assert_eq!(o.code, Some(0), "{} delete stopped task: {}", t.tag, o.describe());
 }
 
 /// Bad input: ResizePty on a task without a terminal, and for an unknown exec.
@@ -827,11 +486,7 @@ fn bad_resize(line: Line, rt: &'static str) {
     eprintln!("{} ResizePty exec nope -> {r:?}", t.tag);
     let e = r.expect_err("ResizePty for an unknown exec id succeeded");
     assert_eq!(e.code, 5, "{} code (want NotFound): {e:?}", t.tag);
-    assert!(
-        e.message.contains("nope"),
-        "{} message does not name the exec: {e:?}",
-        t.tag
-    );
+    assert!(e.message.contains("nope"), "{} message does not name the exec: {e:?}", t.tag);
     t.assert_serving(&id, "bad resizes");
 }
 
@@ -842,12 +497,7 @@ fn bad_kill_unknown_exec(line: Line, rt: &'static str) {
     t.run_d(&id, &["sleep", "1000"]);
     t.wait_status(&id, "RUNNING");
     let o = t.cd.ctr(&["tasks", "kill", "--exec-id", "nope", &id]);
-    eprintln!(
-        "{} kill --exec-id nope -> code {:?}, stderr: {}",
-        t.tag,
-        o.code,
-        o.err().trim()
-    );
+    eprintln!("{} kill --exec-id nope -> code {:?}, stderr: {}", t.tag, o.code, o.err().trim());
     assert!(!o.ok() && !o.timed_out, "{} {}", t.tag, o.describe());
     t.assert_code(&o, "nope", "not found");
     t.assert_serving(&id, "kill of an unknown exec");
@@ -860,35 +510,15 @@ fn bad_delete(line: Line, rt: &'static str) {
     t.run_d(&id, &["sleep", "1000"]);
     t.wait_status(&id, "RUNNING");
     let o = t.cd.ctr(&["tasks", "delete", "no-such-task"]);
-    eprintln!(
-        "{} delete unknown task -> code {:?}, stderr: {}",
-        t.tag,
-        o.code,
-        o.err().trim()
-    );
+    eprintln!("{} delete unknown task -> code {:?}, stderr: {}", t.tag, o.code, o.err().trim());
     assert!(!o.ok() && !o.timed_out, "{} {}", t.tag, o.describe());
     t.assert_code(&o, "no-such-task", "not found");
     let o = t.cd.ctr(&["tasks", "delete", &id]);
-    eprintln!(
-        "{} delete running task -> code {:?}, stderr: {}",
-        t.tag,
-        o.code,
-        o.err().trim()
-    );
-    assert!(
-        !o.ok() && !o.timed_out,
-        "{} deleting a running task succeeded: {}",
-        t.tag,
-        o.describe()
-    );
+    eprintln!("{} delete running task -> code {:?}, stderr: {}", t.tag, o.code, o.err().trim());
+    assert!(!o.ok() && !o.timed_out, "{} deleting a running task succeeded: {}", t.tag, o.describe());
     t.assert_code(&o, "stopped", "failed precondition");
     let o = t.cd.ctr(&["tasks", "delete", "--exec-id", "nope", &id]);
-    eprintln!(
-        "{} delete unknown exec -> code {:?}, stderr: {}",
-        t.tag,
-        o.code,
-        o.err().trim()
-    );
+    eprintln!("{} delete unknown exec -> code {:?}, stderr: {}", t.tag, o.code, o.err().trim());
     assert!(!o.ok() && !o.timed_out, "{} {}", t.tag, o.describe());
     t.assert_code(&o, "nope", "not found");
     t.assert_serving(&id, "bad deletes");
@@ -897,7 +527,6 @@ fn bad_delete(line: Line, rt: &'static str) {
 
 // ---------------------------------------------------------------------------
 
-
 // Keel; Keel driving crun (runtime options `BinaryName` through
 // `--runtime-config-path`); and, for parity, containerd's io.containerd.runc.v2.
 scenarios!(
@@ -905,8 +534,8 @@ scenarios!(
         (keel, KEEL_V1, crate::common::direct),
         (keel_crun, KEEL_V1, crate::common::production::as_crun_variant),
         (runc, RUNC_V2, crate::common::direct),
-        ],
-        [
+    ],
+    [
         run_output_and_exit_code,
         run_stdin_and_eof,
         run_large_output,

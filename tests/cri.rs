@@ -70,11 +70,7 @@ fn build_images(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
     let layer = dir.join("layer.tar");
     let mut c = std::process::Command::new("tar");
-    c.args(["--sort=name", "--owner=0", "--group=0", "--numeric-owner", "--mtime=@0", "-C"])
-        .arg(rootfs())
-        .arg("-cf")
-        .arg(&layer)
-        .arg(".");
+    c.args(["--sort=name", "--owner=0", "--group=0", "--numeric-owner", "--mtime=@0", "-C"]).arg(rootfs()).arg("-cf").arg(&layer).arg(".");
     let o = run_cmd(c, None, Duration::from_secs(120));
     assert!(o.ok(), "tar the rootfs: {}", o.describe());
     let ld = sha256_hex(&layer);
@@ -111,11 +107,7 @@ fn build_images(dir: &Path) -> PathBuf {
             "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": name.rsplit(':').next().unwrap()},
         }));
     }
-    std::fs::write(
-        layout.join("index.json"),
-        serde_json::json!({"schemaVersion": 2, "manifests": manifests}).to_string(),
-    )
-    .unwrap();
+    std::fs::write(layout.join("index.json"), serde_json::json!({"schemaVersion": 2, "manifests": manifests}).to_string()).unwrap();
     std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     let tar = dir.join("images.tar");
     let mut c = std::process::Command::new("tar");
@@ -133,10 +125,7 @@ fn build_images(dir: &Path) -> PathBuf {
 /// containerd's config with CRI; the `keel` handler (options file
 /// `keel_toml`) only with `by_hand`, else `keel-containerd wire` adds it.
 fn cri_config(cd: &Containerd, keel_toml: &Path, by_hand: bool) -> String {
-    let disabled: Vec<String> = UNUSED_PLUGINS
-        .iter()
-        .map(|p| format!("  \"{p}\","))
-        .collect();
+    let disabled: Vec<String> = UNUSED_PLUGINS.iter().map(|p| format!("  \"{p}\",")).collect();
     let cni = cd.dir.join("cni");
     let k = keel_toml.display();
     let keel = match (by_hand, cd.line) {
@@ -285,7 +274,9 @@ fn wire_config(cd: &Containerd, original: &str, keel: &Path, tag: &str) -> Strin
     let cfg = cd.dir.join("config.toml");
     std::fs::write(&cfg, original).unwrap();
     let containerd = cd.line.containerd();
-    let args = ["wire", "--config", &cfg.to_string_lossy(), "--options", &keel.to_string_lossy(), "--containerd", &containerd.to_string_lossy()].map(|s| s.to_string());
+    let args =
+        ["wire", "--config", &cfg.to_string_lossy(), "--options", &keel.to_string_lossy(), "--containerd", &containerd.to_string_lossy()]
+            .map(|s| s.to_string());
     let out = wire_tool(tag, &args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.contains("has the keel runtime"), "{tag} wire: {out}");
     // Idempotent: a second run changes nothing.
@@ -299,7 +290,11 @@ fn wire_config(cd: &Containerd, original: &str, keel: &Path, tag: &str) -> Strin
     let dump = run_cmd(c, None, Duration::from_secs(60));
     assert!(dump.ok(), "{tag} config dump: {}", dump.describe());
     let dump = dump.out();
-    let table = if cd.line == Line::V2 { "io.containerd.cri.v1.runtime'.containerd.runtimes.keel]" } else { "io.containerd.grpc.v1.cri\".containerd.runtimes.keel]" };
+    let table = if cd.line == Line::V2 {
+        "io.containerd.cri.v1.runtime'.containerd.runtimes.keel]"
+    } else {
+        "io.containerd.grpc.v1.cri\".containerd.runtimes.keel]"
+    };
     let at = dump.find(table).unwrap_or_else(|| panic!("{tag} config dump has no keel handler:\n{dump}"));
     let entry = &dump[at..(at + 2000).min(dump.len())];
     assert!(entry.contains("io.containerd.keel.v1") && entry.contains(&*keel.to_string_lossy()), "{tag} keel handler in the dump: {entry}");
@@ -341,7 +336,22 @@ fn pod_through_keel_handler(line: Line, wiring: Wiring) {
         let id = unique("wired");
         let root = rootfs();
         let fifo = cd.fifo_dir.to_string_lossy().into_owned();
-        let o = cd.ctr(&["run", "--rm", "--runtime", KEEL_V1, "--fifo-dir", &fifo, "--env", CONTAINER_PATH, "--rootfs", &root.to_string_lossy(), &id, "sh", "-c", "echo wired-ctr"]);
+        let o = cd.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            KEEL_V1,
+            "--fifo-dir",
+            &fifo,
+            "--env",
+            CONTAINER_PATH,
+            "--rootfs",
+            &root.to_string_lossy(),
+            &id,
+            "sh",
+            "-c",
+            "echo wired-ctr",
+        ]);
         assert!(o.ok() && o.out() == "wired-ctr\n", "{tag} ctr run --runtime {KEEL_V1}: {}", o.describe());
     }
     let images = images.lock().unwrap().take().unwrap();
@@ -369,29 +379,18 @@ fn pod_through_keel_handler(line: Line, wiring: Wiring) {
         ..Default::default()
     };
     let sandbox_config = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: "keel-pod".into(),
-            uid: uid.clone(),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
+        metadata: Some(cri::PodSandboxMetadata { name: "keel-pod".into(), uid: uid.clone(), namespace: "default".into(), attempt: 0 }),
         // no hostname: the pod shares the host's UTS namespace with its network
         log_directory: log_dir.to_string_lossy().into_owned(),
         labels: [("app".to_string(), "keel-test".to_string())].into(),
         linux: Some(cri::LinuxPodSandboxConfig {
             cgroup_parent: cgparent.clone(),
-            security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(ns_opts),
-                ..Default::default()
-            }),
+            security_context: Some(cri::LinuxSandboxSecurityContext { namespace_options: Some(ns_opts), ..Default::default() }),
             ..Default::default()
         }),
         ..Default::default()
     };
-    let req = cri::RunPodSandboxRequest {
-        config: Some(sandbox_config.clone()),
-        runtime_handler: "keel".into(),
-    };
+    let req = cri::RunPodSandboxRequest { config: Some(sandbox_config.clone()), runtime_handler: "keel".into() };
     let pod = expect_ok(cri!(cd, run_pod_sandbox, req), "RunPodSandbox", &cd).pod_sandbox_id;
     assert!(!pod.is_empty(), "{tag} no pod sandbox id");
 
@@ -407,7 +406,10 @@ fn pod_through_keel_handler(line: Line, wiring: Wiring) {
     let keel_shims = || -> Vec<ProcInfo> {
         cd.shim_procs()
             .into_iter()
-            .filter(|p| p.cmdline.contains("containerd-shim-keel-v1") || p.exe.as_ref().map(|e| e.ends_with("containerd-shim-keel-v1")).unwrap_or(false))
+            .filter(|p| {
+                p.cmdline.contains("containerd-shim-keel-v1")
+                    || p.exe.as_ref().map(|e| e.ends_with("containerd-shim-keel-v1")).unwrap_or(false)
+            })
             .collect()
     };
     let shims = keel_shims();
@@ -432,11 +434,8 @@ fn pod_through_keel_handler(line: Line, wiring: Wiring) {
         }),
         ..Default::default()
     };
-    let req = cri::CreateContainerRequest {
-        pod_sandbox_id: pod.clone(),
-        config: Some(container_config),
-        sandbox_config: Some(sandbox_config),
-    };
+    let req =
+        cri::CreateContainerRequest { pod_sandbox_id: pod.clone(), config: Some(container_config), sandbox_config: Some(sandbox_config) };
     let ctr_id = expect_ok(cri!(cd, create_container, req), "CreateContainer", &cd).container_id;
     assert!(!ctr_id.is_empty(), "{tag} no container id");
     let req = cri::StartContainerRequest { container_id: ctr_id.clone() };
@@ -461,10 +460,7 @@ fn pod_through_keel_handler(line: Line, wiring: Wiring) {
     );
     let tasks = cd.ctr_raw(Some(K8S_NS), &["tasks", "ls"], None, CTR_TIMEOUT).out();
     for id in [&pod, &ctr_id] {
-        assert!(
-            tasks.lines().any(|l| l.starts_with(id.as_str()) && l.contains("RUNNING")),
-            "{tag} task {id} not RUNNING: {tasks}"
-        );
+        assert!(tasks.lines().any(|l| l.starts_with(id.as_str()) && l.contains("RUNNING")), "{tag} task {id} not RUNNING: {tasks}");
     }
     let info = cd.ctr_raw(Some(K8S_NS), &["containers", "info", &ctr_id], None, CTR_TIMEOUT).out();
     let info: serde_json::Value = serde_json::from_str(&info).expect("containers info");
@@ -475,14 +471,11 @@ fn pod_through_keel_handler(line: Line, wiring: Wiring) {
     // Its output reached the CRI log file.
     let log_file = log_dir.join("app.log");
     let log = poll(Duration::from_secs(15), || {
-        std::fs::read_to_string(&log_file)
-            .ok()
-            .filter(|l| l.contains("hello-from-keel") && l.contains("err-line"))
+        std::fs::read_to_string(&log_file).ok().filter(|l| l.contains("hello-from-keel") && l.contains("err-line"))
     })
     .unwrap_or_else(|| panic!("{tag} {} lacks the output: {:?}", log_file.display(), std::fs::read_to_string(&log_file)));
     assert!(
-        log.lines().any(|l| l.contains(" stdout F hello-from-keel"))
-            && log.lines().any(|l| l.contains(" stderr F err-line")),
+        log.lines().any(|l| l.contains(" stdout F hello-from-keel")) && log.lines().any(|l| l.contains(" stderr F err-line")),
         "{tag} CRI log lines: {log}"
     );
 
@@ -497,11 +490,7 @@ fn pod_through_keel_handler(line: Line, wiring: Wiring) {
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("exec-hi-env"), "{tag} ExecSync stdout {out:?}");
     assert_eq!(r.exit_code, 3, "{tag} ExecSync exit code");
-    let cd_adj: i64 = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", daemon_pid(&cd)))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let cd_adj: i64 = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", daemon_pid(&cd))).unwrap().trim().parse().unwrap();
     let ctr_adj: i64 = lines.next().unwrap_or("").trim().parse().unwrap_or(i64::MIN);
     assert_eq!(ctr_adj, cd_adj.max(-500), "{tag} container oom_score_adj (restrict_oom_score_adj clamps -500 to containerd's)");
 
@@ -521,26 +510,16 @@ fn pod_through_keel_handler(line: Line, wiring: Wiring) {
     let req = cri::RemoveContainerRequest { container_id: ctr_id.clone() };
     expect_ok(cri!(cd, remove_container, req), "RemoveContainer", &cd);
     let r = cri!(cd, container_status, cri::ContainerStatusRequest { container_id: ctr_id.clone(), verbose: false });
-    assert!(
-        matches!(&r, Err(e) if e.code == Code::NotFound),
-        "{tag} ContainerStatus after RemoveContainer should be NotFound: {r:?}"
-    );
+    assert!(matches!(&r, Err(e) if e.code == Code::NotFound), "{tag} ContainerStatus after RemoveContainer should be NotFound: {r:?}");
     assert!(!runtime_state.exists(), "{tag} runtime state left: {}", runtime_state.display());
 
     let req = cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() };
     expect_ok(cri!(cd, stop_pod_sandbox, req), "StopPodSandbox", &cd);
-    assert_eq!(
-        pod_status().state,
-        cri::PodSandboxState::SandboxNotready as i32,
-        "{tag} pod state after StopPodSandbox (SANDBOX_NOTREADY)"
-    );
+    assert_eq!(pod_status().state, cri::PodSandboxState::SandboxNotready as i32, "{tag} pod state after StopPodSandbox (SANDBOX_NOTREADY)");
     let req = cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() };
     expect_ok(cri!(cd, remove_pod_sandbox, req), "RemovePodSandbox", &cd);
     let r = cri!(cd, pod_sandbox_status, cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false });
-    assert!(
-        matches!(&r, Err(e) if e.code == Code::NotFound),
-        "{tag} PodSandboxStatus after RemovePodSandbox should be NotFound: {r:?}"
-    );
+    assert!(matches!(&r, Err(e) if e.code == Code::NotFound), "{tag} PodSandboxStatus after RemovePodSandbox should be NotFound: {r:?}");
     assert!(
         poll(Duration::from_secs(15), || (!pid_alive(shim) && cd.shim_procs().is_empty()).then_some(())).is_some(),
         "{tag} the pod's shim {shim} is still running after RemovePodSandbox"
@@ -556,7 +535,12 @@ fn pod_through_keel_handler(line: Line, wiring: Wiring) {
         assert!(std::fs::read(&cfg).unwrap() == original.as_bytes(), "{tag} unwire must restore the config byte for byte");
         let dropin = cd.dir.join("conf.d");
         assert!(!dropin.exists(), "{tag} unwire leaves {}", dropin.display());
-        let leftovers: Vec<_> = std::fs::read_dir(&cd.dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("config.toml.")).collect();
+        let leftovers: Vec<_> = std::fs::read_dir(&cd.dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("config.toml."))
+            .collect();
         assert!(leftovers.is_empty(), "{tag} unwire leaves {leftovers:?}");
     }
 }

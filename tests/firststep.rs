@@ -25,7 +25,18 @@ fn refused(r: &Rig, case: &str, toml: &str, code: Code, needles: &[&str]) {
     let id = r.cd.id(case);
     let cfg = r.runtime_config(case, toml);
     let root = rootfs();
-    let o = r.cd.ctr(&["containers", "create", "--runtime", r.rt, "--runtime-config-path", &cfg.to_string_lossy(), "--rootfs", &root.to_string_lossy(), &id, "true"]);
+    let o = r.cd.ctr(&[
+        "containers",
+        "create",
+        "--runtime",
+        r.rt,
+        "--runtime-config-path",
+        &cfg.to_string_lossy(),
+        "--rootfs",
+        &root.to_string_lossy(),
+        &id,
+        "true",
+    ]);
     assert!(o.ok(), "{} {case}: container create: {}", r.tag, o.describe());
     let e = Api { cd: &r.cd }.create_task(&id, "", false).expect_err("the task must be refused");
     assert_eq!(e.code, code, "{} {case}: {e:?}", r.tag);
@@ -35,13 +46,15 @@ fn refused(r: &Rig, case: &str, toml: &str, code: Code, needles: &[&str]) {
     // containerd copies the shim's log asynchronously: wait for the line, then
     // make sure no second one follows.
     let line = format!("create {id} failed");
-    let count = || fs::read_to_string(&r.cd.log).unwrap_or_default().lines().filter(|l| l.contains(&line) && l.contains("level=error")).count();
+    let count =
+        || fs::read_to_string(&r.cd.log).unwrap_or_default().lines().filter(|l| l.contains(&line) && l.contains("level=error")).count();
     let t0 = Instant::now();
     while count() == 0 && t0.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
-    let logged: Vec<String> = fs::read_to_string(&r.cd.log).unwrap_or_default().lines().filter(|l| l.contains(&line)).map(str::to_string).collect();
+    let logged: Vec<String> =
+        fs::read_to_string(&r.cd.log).unwrap_or_default().lines().filter(|l| l.contains(&line)).map(str::to_string).collect();
     assert_eq!(count(), 1, "{} {case}: Keel's error must be in containerd's log once: {logged:#?}\n{}", r.tag, r.cd.log_tail(30));
     assert!(logged.iter().all(|l| needles.iter().all(|n| l.contains(n))), "{} {case}: the log line lacks the cause: {logged:#?}", r.tag);
     // Nothing of it left: no task, no runtime state, no shim for it.
@@ -66,7 +79,13 @@ fn binary_missing(line: Line) {
 
 fn binary_not_in_path(line: Line) {
     let r = Rig::for_runtime(line, KEEL_V1);
-    refused(&r, "binpath", "BinaryName = \"keel-no-such-runc\"\n", Code::FailedPrecondition, &["keel-no-such-runc", "not found in PATH", "/usr/sbin"]);
+    refused(
+        &r,
+        "binpath",
+        "BinaryName = \"keel-no-such-runc\"\n",
+        Code::FailedPrecondition,
+        &["keel-no-such-runc", "not found in PATH", "/usr/sbin"],
+    );
 }
 
 fn binary_not_executable(line: Line) {
@@ -94,7 +113,13 @@ fn cgroup_driver_unusable(line: Line) {
         // On a systemd host the driver runs, but not with ctr's "/<ns>/<id>" path.
         refused(&r, "sdpath", "SystemdCgroup = true\n", Code::InvalidArgument, &["cgroupsPath", "slice:prefix:name"]);
     } else {
-        refused(&r, "nosystemd", "SystemdCgroup = true\n", Code::FailedPrecondition, &["SystemdCgroup", "systemd is not running", "/run/systemd/system"]);
+        refused(
+            &r,
+            "nosystemd",
+            "SystemdCgroup = true\n",
+            Code::FailedPrecondition,
+            &["SystemdCgroup", "systemd is not running", "/run/systemd/system"],
+        );
     }
 }
 

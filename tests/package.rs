@@ -18,9 +18,7 @@ const SHIM: &str = "containerd-shim-keel-v1";
 const WIRE: &str = "keel-containerd";
 
 fn deb() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target/debian")
-        .join(format!("keel_{}-1_amd64.deb", env!("CARGO_PKG_VERSION")));
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debian").join(format!("keel_{}-1_amd64.deb", env!("CARGO_PKG_VERSION")));
     assert!(p.exists(), "{} is missing: run scripts/package.sh (scripts/test.sh does)", p.display());
     p
 }
@@ -67,10 +65,7 @@ fn package_contents_and_control_fields() {
         ("-rw-r--r--", "./usr/share/doc/keel/copyright"),
         ("-rw-r--r--", "./usr/share/doc/keel/examples/keel.toml"),
     ] {
-        assert!(
-            listing.lines().any(|l| l.starts_with(mode) && l.ends_with(path)),
-            "{path} ({mode}) not in the package:\n{listing}"
-        );
+        assert!(listing.lines().any(|l| l.starts_with(mode) && l.ends_with(path)), "{path} ({mode}) not in the package:\n{listing}");
     }
     let field = |f: &str| run(Command::new("dpkg-deb").arg("-f").arg(&deb).arg(f)).out().trim().to_string();
     assert_eq!(field("Package"), "keel");

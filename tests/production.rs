@@ -30,11 +30,7 @@ fn kill_pid(pid: i32, sig: i32) {
 }
 
 fn shims_desc(cd: &Containerd) -> String {
-    cd.shim_procs()
-        .iter()
-        .map(|p| format!("{} {}", p.pid, p.cmdline))
-        .collect::<Vec<_>>()
-        .join("\n")
+    cd.shim_procs().iter().map(|p| format!("{} {}", p.pid, p.cmdline)).collect::<Vec<_>>().join("\n")
 }
 
 // ---------------------------------------------------------------------------
@@ -51,11 +47,7 @@ fn crun_backend(line: Line, rt: &'static str) {
     let wrapper = crun_compat(&p.cd);
     let ev = p.cd.events();
     let id = p.cd.id("crun");
-    p.run_d(
-        &["--runtime-config-path", &opts.to_string_lossy()],
-        &id,
-        &["sh", "-c", "trap 'exit 21' TERM; sleep 1000 & wait"],
-    );
+    p.run_d(&["--runtime-config-path", &opts.to_string_lossy()], &id, &["sh", "-c", "trap 'exit 21' TERM; sleep 1000 & wait"]);
     let pid = p.wait_status(&id, "RUNNING");
 
     // containerd recorded the options as CRI's generic type with the path.
@@ -76,9 +68,7 @@ fn crun_backend(line: Line, rt: &'static str) {
     let calls = crun_calls(&p.cd);
     for verb in ["create", "start", "exec"] {
         assert!(
-            calls
-                .iter()
-                .any(|c| c.split_whitespace().any(|a| a == verb) && c.contains(&id)),
+            calls.iter().any(|c| c.split_whitespace().any(|a| a == verb) && c.contains(&id)),
             "{} crun was never called with `{verb}` for {id}; calls: {calls:#?}",
             p.tag
         );
@@ -87,8 +77,7 @@ fn crun_backend(line: Line, rt: &'static str) {
     let log = std::fs::read_to_string(&p.cd.log).unwrap_or_default();
     let needle = format!("runtime: \\\"{}\\\"", wrapper.display());
     assert!(
-        log.lines()
-            .any(|l| l.contains(&needle) && l.contains("\\\"create\\\"") && l.contains(&id)),
+        log.lines().any(|l| l.contains(&needle) && l.contains("\\\"create\\\"") && l.contains(&id)),
         "{} no shim log line `{needle} ... create ... {id}` in containerd's log",
         p.tag
     );
@@ -103,29 +92,21 @@ fn crun_backend(line: Line, rt: &'static str) {
         std::fs::read_dir(&state).map(|r| r.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
     );
     let mut c = std::process::Command::new(CRUN_BIN);
-    c.arg("--root")
-        .arg(state.parent().unwrap())
-        .args(["state", &id]);
+    c.arg("--root").arg(state.parent().unwrap()).args(["state", &id]);
     let o = run_cmd(c, None, Duration::from_secs(10));
     assert!(o.ok(), "{} crun state {id}: {}", p.tag, o.describe());
     let st: serde_json::Value = serde_json::from_str(&o.out()).expect("crun state JSON");
     assert_eq!(st["status"], "running", "{} crun state: {}", p.tag, o.out());
     assert_eq!(st["pid"], pid, "{} crun state pid vs task ls: {}", p.tag, o.out());
     let mut c = std::process::Command::new("/usr/sbin/runc");
-    c.arg("--root")
-        .arg(state.parent().unwrap())
-        .args(["state", &id]);
+    c.arg("--root").arg(state.parent().unwrap()).args(["state", &id]);
     let o = run_cmd(c, None, Duration::from_secs(10));
     assert!(!o.ok(), "{} runc knows {id}, so runc ran it: {}", p.tag, o.describe());
 
     // SIGTERM: the trap's exit code arrives; delete cleans crun's state.
     let o = p.cd.ctr(&["tasks", "kill", &id]);
     assert!(o.ok(), "{} kill: {}", p.tag, o.describe());
-    let e = ev.expect(
-        "init exit 21",
-        |e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(),
-        RUN_TIMEOUT,
-    );
+    let e = ev.expect("init exit 21", |e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(), RUN_TIMEOUT);
     assert_eq!(e.payload["exit_status"], 21, "{} {}", p.tag, e.raw);
     p.wait_status(&id, "STOPPED");
     p.delete_ok(&id);
@@ -136,9 +117,7 @@ fn crun_backend(line: Line, rt: &'static str) {
         state.display()
     );
     assert!(
-        crun_calls(&p.cd)
-            .iter()
-            .any(|c| c.split_whitespace().any(|a| a == "delete") && c.contains(&id)),
+        crun_calls(&p.cd).iter().any(|c| c.split_whitespace().any(|a| a == "delete") && c.contains(&id)),
         "{} crun was never asked to delete {id}",
         p.tag
     );
@@ -148,28 +127,13 @@ fn crun_backend(line: Line, rt: &'static str) {
     // crun_compat), the failure must be crun's own, named as such.
     let plain = options_file(&p.cd, "plain-crun", "BinaryName = \"crun\"\n");
     let id2 = p.cd.id("plaincrun");
-    let o = p.run(
-        &["--rm", "--runtime-config-path", &plain.to_string_lossy()],
-        &id2,
-        &["echo", "plain-crun-ran"],
-    );
-    eprintln!(
-        "{} plain BinaryName=crun -> code {:?} stdout {:?} stderr {:?}",
-        p.tag,
-        o.code,
-        o.out().trim(),
-        o.err().trim()
-    );
+    let o = p.run(&["--rm", "--runtime-config-path", &plain.to_string_lossy()], &id2, &["echo", "plain-crun-ran"]);
+    eprintln!("{} plain BinaryName=crun -> code {:?} stdout {:?} stderr {:?}", p.tag, o.code, o.out().trim(), o.err().trim());
     assert!(!o.timed_out, "{} {}", p.tag, o.describe());
     if o.ok() {
         assert_eq!(o.out(), "plain-crun-ran\n", "{} {}", p.tag, o.describe());
     } else {
-        assert!(
-            o.err().contains("crun"),
-            "{} a failing plain crun should say crun failed: {}",
-            p.tag,
-            o.describe()
-        );
+        assert!(o.err().contains("crun"), "{} a failing plain crun should say crun failed: {}", p.tag, o.describe());
     }
     assert!(p.task(&id2).is_none(), "{} task {id2} left", p.tag);
 }
@@ -197,19 +161,9 @@ fn crun_missing_binary(line: Line, rt: &'static str) {
             flags.extend(["--annotation", ann.as_str()]);
         }
         let o = p.run(&flags, &id, &["true"]);
-        eprintln!(
-            "{} missing binary (grouped: {grouped}) -> code {:?}, stderr: {}",
-            p.tag,
-            o.code,
-            o.err().trim()
-        );
+        eprintln!("{} missing binary (grouped: {grouped}) -> code {:?}, stderr: {}", p.tag, o.code, o.err().trim());
         assert!(!o.ok() && !o.timed_out, "{} {}", p.tag, o.describe());
-        assert!(
-            o.err().contains("/nonexistent/crun"),
-            "{} the error does not name the missing binary: {}",
-            p.tag,
-            o.describe()
-        );
+        assert!(o.err().contains("/nonexistent/crun"), "{} the error does not name the missing binary: {}", p.tag, o.describe());
         assert!(p.task(&id).is_none(), "{} a task is left for {id}", p.tag);
         assert!(
             poll(Duration::from_secs(10), || p.cd.shim_procs_for(&id).is_empty().then_some(())).is_some(),
@@ -217,11 +171,7 @@ fn crun_missing_binary(line: Line, rt: &'static str) {
             p.tag,
             shims_desc(&p.cd)
         );
-        assert!(
-            pid_alive(shim),
-            "{} the shim serving {nb} died after the failed create",
-            p.tag
-        );
+        assert!(pid_alive(shim), "{} the shim serving {nb} died after the failed create", p.tag);
         let now: Vec<i32> = p.cd.shim_procs().iter().map(|s| s.pid).collect();
         assert_eq!(now, vec![shim], "{} shims after the failure: {}", p.tag, shims_desc(&p.cd));
         assert_eq!(p.task(&nb).map(|t| t.1), Some("RUNNING".into()), "{}", p.tag);
@@ -247,38 +197,18 @@ fn pod_grouping(line: Line, rt: &'static str, key: &str) {
         p.wait_status(id, "RUNNING");
     }
     let shims = p.cd.shim_procs();
-    assert_eq!(
-        shims.len(),
-        1,
-        "{} want exactly 1 shim for the 3 containers of pod {pod}, got:\n{}",
-        p.tag,
-        shims_desc(&p.cd)
-    );
+    assert_eq!(shims.len(), 1, "{} want exactly 1 shim for the 3 containers of pod {pod}, got:\n{}", p.tag, shims_desc(&p.cd));
     let shim = shims[0].pid;
-    let addrs: Vec<PathBuf> = ids
-        .iter()
-        .map(|id| {
-            p.cd.shim_address(&p.cd.ns, id)
-                .unwrap_or_else(|| panic!("{} no shim address for {id}", p.tag))
-                .0
-        })
-        .collect();
-    assert!(
-        addrs.iter().all(|a| a == &addrs[0]),
-        "{} the pod's containers have different shim addresses: {addrs:?}",
-        p.tag
-    );
+    let addrs: Vec<PathBuf> =
+        ids.iter().map(|id| p.cd.shim_address(&p.cd.ns, id).unwrap_or_else(|| panic!("{} no shim address for {id}", p.tag)).0).collect();
+    assert!(addrs.iter().all(|a| a == &addrs[0]), "{} the pod's containers have different shim addresses: {addrs:?}", p.tag);
     for id in &ids {
         p.assert_exec_works(id, "grouping");
     }
     for (i, id) in ids.iter().enumerate() {
         let o = p.cd.ctr(&["tasks", "kill", id]);
         assert!(o.ok(), "{} kill {id}: {}", p.tag, o.describe());
-        let e = ev.expect(
-            "member exit",
-            |e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(),
-            RUN_TIMEOUT,
-        );
+        let e = ev.expect("member exit", |e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(), RUN_TIMEOUT);
         assert_eq!(e.payload["exit_status"], 30 + i, "{} {}", p.tag, e.raw);
         p.wait_status(id, "STOPPED");
         p.delete_ok(id);
@@ -286,20 +216,9 @@ fn pod_grouping(line: Line, rt: &'static str, key: &str) {
         if !last {
             // Not before the last: give a wrongly exiting shim the time to go.
             std::thread::sleep(Duration::from_millis(500));
-            assert!(
-                pid_alive(shim),
-                "{} the pod's shim exited after deleting {} of {} containers",
-                p.tag,
-                i + 1,
-                ids.len()
-            );
+            assert!(pid_alive(shim), "{} the pod's shim exited after deleting {} of {} containers", p.tag, i + 1, ids.len());
             for other in &ids[i + 1..] {
-                assert_eq!(
-                    p.task(other).map(|t| t.1),
-                    Some("RUNNING".to_string()),
-                    "{} {other} after deleting {id}",
-                    p.tag
-                );
+                assert_eq!(p.task(other).map(|t| t.1), Some("RUNNING".to_string()), "{} {other} after deleting {id}", p.tag);
                 p.assert_exec_works(other, &format!("deleting {id}"));
             }
         }
@@ -307,8 +226,7 @@ fn pod_grouping(line: Line, rt: &'static str, key: &str) {
     // containerd 2.x's runc-v2 leaves its socket file behind; Keel may not.
     let check_socket = rt == KEEL_V1 || line == Line::V16;
     let gone = poll(Duration::from_secs(10), || {
-        (!pid_alive(shim) && p.cd.shim_procs().is_empty() && !(check_socket && addrs[0].exists()))
-            .then_some(())
+        (!pid_alive(shim) && p.cd.shim_procs().is_empty() && !(check_socket && addrs[0].exists())).then_some(())
     });
     if !check_socket && addrs[0].exists() {
         eprintln!("{} note: shim socket {} left after exit", p.tag, addrs[0].display());
@@ -397,17 +315,9 @@ fn containerd_restart(line: Line, rt: &'static str) {
         // shim lists no process and that is no sandbox ("cleaning leaked shim
         // process", containerd#6860), before its API serves anyone: the task
         // that exited while it was down is gone, for runc-v2 as for Keel.
-        assert!(
-            lt.is_none(),
-            "{} containerd 2.x deletes a task that exited while it was down; listed: {listed:?}",
-            p.tag
-        );
+        assert!(lt.is_none(), "{} containerd 2.x deletes a task that exited while it was down; listed: {listed:?}", p.tag);
         let got = api_task_get(&p.cd, &p.cd.ns, &late);
-        assert!(
-            got.as_ref().err().map(|e| e.contains("NotFound")).unwrap_or(false),
-            "{} Tasks.Get of the deleted task: {got:?}",
-            p.tag
-        );
+        assert!(got.as_ref().err().map(|e| e.contains("NotFound")).unwrap_or(false), "{} Tasks.Get of the deleted task: {got:?}", p.tag);
         assert!(
             poll(Duration::from_secs(10), || (!pid_alive(late_shim)).then_some(())).is_some(),
             "{} the shim of the deleted task {late} did not exit",
@@ -416,12 +326,7 @@ fn containerd_restart(line: Line, rt: &'static str) {
         let state = runc_state_dir(&p.cd.ns, &late);
         assert!(!state.exists(), "{} runtime state {} left", p.tag, state.display());
     } else {
-        assert_eq!(
-            lt.map(|t| t.2.as_str()),
-            Some("STOPPED"),
-            "{} the task that exited while containerd was down: {listed:?}",
-            p.tag
-        );
+        assert_eq!(lt.map(|t| t.2.as_str()), Some("STOPPED"), "{} the task that exited while containerd was down: {listed:?}", p.tag);
         let got = api_task_get(&p.cd, &p.cd.ns, &late).unwrap_or_else(|e| panic!("{} {e}", p.tag));
         assert_eq!(
             (got.status.as_str(), got.exit_status),
@@ -435,11 +340,7 @@ fn containerd_restart(line: Line, rt: &'static str) {
         let forwarded = || {
             log_since(&p.cd, log_off)
                 .lines()
-                .filter(|l| {
-                    l.contains("event forwarded")
-                        && l.contains(&format!("ns={} ", p.cd.ns))
-                        && l.contains("topic=/tasks/exit")
-                })
+                .filter(|l| l.contains("event forwarded") && l.contains(&format!("ns={} ", p.cd.ns)) && l.contains("topic=/tasks/exit"))
                 .count()
         };
         let n = poll(Duration::from_secs(10), || Some(forwarded()).filter(|n| *n > 0)).unwrap_or(0);
@@ -447,11 +348,7 @@ fn containerd_restart(line: Line, rt: &'static str) {
         let n = n.max(forwarded());
         eprintln!("{} /tasks/exit forwarded after the restart: {n}", p.tag);
         if rt == KEEL_V1 {
-            assert_eq!(
-                n, 1,
-                "{} Keel must forward the exit that happened while containerd was down, once",
-                p.tag
-            );
+            assert_eq!(n, 1, "{} Keel must forward the exit that happened while containerd was down, once", p.tag);
         }
     }
 
@@ -466,12 +363,7 @@ fn containerd_restart(line: Line, rt: &'static str) {
             assert!(o.ok(), "kill {cid}: {}", o.describe());
             w.join().unwrap()
         });
-        assert_eq!(
-            status,
-            Ok(40 + i as u32),
-            "{} Tasks.Wait of {id} after the restart",
-            p.tag
-        );
+        assert_eq!(status, Ok(40 + i as u32), "{} Tasks.Wait of {id} after the restart", p.tag);
         p.wait_status(id, "STOPPED");
         p.delete_ok(id);
     }
@@ -488,11 +380,7 @@ fn containerd_restart(line: Line, rt: &'static str) {
     assert!(pid_alive(late_shim), "{} the shim of stopped {late} exited before its delete", p.tag);
     let o = p.cd.ctr(&["tasks", "delete", &late]);
     assert!(o.ok(), "{} delete late: {}", p.tag, o.describe());
-    let e = ev.expect(
-        "/tasks/delete of late",
-        |e| e.topic == "/tasks/delete" && e.container_id() == Some(late.as_str()),
-        RUN_TIMEOUT,
-    );
+    let e = ev.expect("/tasks/delete of late", |e| e.topic == "/tasks/delete" && e.container_id() == Some(late.as_str()), RUN_TIMEOUT);
     assert_eq!(e.payload["exit_status"], 9, "{} {}", p.tag, e.raw);
     p.cd.ctr_ok(&["containers", "delete", &late]);
     assert!(
@@ -542,19 +430,11 @@ fn shim_crash_case(line: Line, rt: &'static str, crun: bool) {
 
     kill_pid(shim, libc::SIGKILL);
 
-    let e = ev.expect(
-        "/tasks/exit after the shim crash",
-        |e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(),
-        RUN_TIMEOUT,
-    );
+    let e = ev.expect("/tasks/exit after the shim crash", |e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(), RUN_TIMEOUT);
     assert_eq!(e.payload["exit_status"], 137, "{} {}", p.tag, e.raw);
     let clean = poll(Duration::from_secs(15), || {
-        (!pid_alive(pid as i32)
-            && !state.exists()
-            && p.cd.mounts().is_empty()
-            && p.cd.shim_procs().is_empty()
-            && p.task(&id).is_none())
-        .then_some(())
+        (!pid_alive(pid as i32) && !state.exists() && p.cd.mounts().is_empty() && p.cd.shim_procs().is_empty() && p.task(&id).is_none())
+            .then_some(())
     });
     if clean.is_none() {
         panic!(
@@ -573,9 +453,7 @@ fn shim_crash_case(line: Line, rt: &'static str, crun: bool) {
     let ours: Vec<String> = procs()
         .into_iter()
         .filter(|q| {
-            std::fs::read_to_string(format!("/proc/{}/cgroup", q.pid))
-                .map(|c| c.contains(&format!("/{}/{id}", p.cd.ns)))
-                .unwrap_or(false)
+            std::fs::read_to_string(format!("/proc/{}/cgroup", q.pid)).map(|c| c.contains(&format!("/{}/{id}", p.cd.ns))).unwrap_or(false)
         })
         .map(|q| format!("{} {}", q.pid, q.cmdline))
         .collect();
@@ -583,9 +461,7 @@ fn shim_crash_case(line: Line, rt: &'static str, crun: bool) {
     if crun {
         let calls = crun_calls(&p.cd);
         assert!(
-            calls
-                .iter()
-                .any(|c| c.split_whitespace().any(|a| a == "delete") && c.contains(&id)),
+            calls.iter().any(|c| c.split_whitespace().any(|a| a == "delete") && c.contains(&id)),
             "{} the cleanup after the crash did not run crun delete; crun calls: {calls:#?}",
             p.tag
         );
@@ -626,17 +502,8 @@ fn shim_oom_score(line: Line, rt: &'static str) {
     let shims = p.cd.shim_procs_for(&id);
     assert_eq!(shims.len(), 1, "{} shims: {}", p.tag, shims_desc(&p.cd));
     let shim_adj = read_oom_adj(shims[0].pid);
-    eprintln!(
-        "{} containerd oom_score_adj {cd_adj}, shim {shim_adj}, container init {}",
-        p.tag,
-        read_oom_adj(pid as i32)
-    );
-    assert_eq!(
-        shim_adj,
-        (cd_adj + 1).min(1000),
-        "{} shim oom_score_adj should be containerd's + 1",
-        p.tag
-    );
+    eprintln!("{} containerd oom_score_adj {cd_adj}, shim {shim_adj}, container init {}", p.tag, read_oom_adj(pid as i32));
+    assert_eq!(shim_adj, (cd_adj + 1).min(1000), "{} shim oom_score_adj should be containerd's + 1", p.tag);
 }
 
 /// Removes `/sys/fs/cgroup/<hierarchy>/<name>` on drop (after the shims are gone).
@@ -744,26 +611,13 @@ fn shim_cgroup_case(line: Line, rt: &'static str, precreate: bool) {
         })
         .collect();
     let v1: Vec<&(String, String)> = lines.iter().filter(|l| !l.0.is_empty()).collect();
-    let checked: Vec<&(String, String)> = if v1.is_empty() {
-        lines.iter().filter(|l| l.0.is_empty()).collect()
-    } else {
-        v1
-    };
+    let checked: Vec<&(String, String)> = if v1.is_empty() { lines.iter().filter(|l| l.0.is_empty()).collect() } else { v1 };
     assert!(!checked.is_empty(), "{} no cgroup lines: {shim_cg}", p.tag);
     let wrong: Vec<_> = checked.iter().filter(|l| l.1 != cg).collect();
-    assert!(
-        wrong.is_empty(),
-        "{} the shim is not in ShimCgroup {cg} for {wrong:?}; /proc/{}/cgroup:\n{shim_cg}",
-        p.tag,
-        shims[0].pid
-    );
+    assert!(wrong.is_empty(), "{} the shim is not in ShimCgroup {cg} for {wrong:?}; /proc/{}/cgroup:\n{shim_cg}", p.tag, shims[0].pid);
     assert!(!guard.dirs().is_empty(), "{} no cgroup directory {cg} was made", p.tag);
     let init_cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    assert!(
-        !init_cg.lines().any(|l| l.ends_with(&format!(":{cg}"))),
-        "{} the container joined the shim's cgroup:\n{init_cg}",
-        p.tag
-    );
+    assert!(!init_cg.lines().any(|l| l.ends_with(&format!(":{cg}"))), "{} the container joined the shim's cgroup:\n{init_cg}", p.tag);
     p.assert_exec_works(&id, "ShimCgroup");
     p.cd.ctr(&["tasks", "kill", "-s", "SIGKILL", &id]);
     p.wait_status(&id, "STOPPED");
@@ -852,15 +706,10 @@ fn info_binary_direct() {
 /// features, as for runc-v2. (containerd 1.6 has no such call.)
 fn info_inspect_runtime(line: Line, rt: &'static str) {
     let p = Rig::for_runtime(line, rt);
-    let o = p.cd.ctr_raw(
-        None,
-        &["plugins", "inspect-runtime", "--runtime", rt],
-        None,
-        CTR_TIMEOUT,
-    );
+    let o = p.cd.ctr_raw(None, &["plugins", "inspect-runtime", "--runtime", rt], None, CTR_TIMEOUT);
     assert!(o.ok(), "{} inspect-runtime: {}\n{}", p.tag, o.describe(), p.cd.log_tail(20));
-    let v: serde_json::Value = serde_json::from_str(&o.out())
-        .unwrap_or_else(|e| panic!("{} inspect-runtime output is not JSON ({e}): {}", p.tag, o.out()));
+    let v: serde_json::Value =
+        serde_json::from_str(&o.out()).unwrap_or_else(|e| panic!("{} inspect-runtime output is not JSON ({e}): {}", p.tag, o.out()));
     assert_eq!(v["Name"], rt, "{} {}", p.tag, o.out());
     assert_eq!(v["Features"], runc_features(), "{} features", p.tag);
     if rt == KEEL_V1 {
@@ -903,11 +752,7 @@ lines!(
     ]
 );
 
-lines!(
-    runc,
-    crate::common::RUNC_V2,
-    [pod_grouping_sandbox_id, containerd_restart, shim_crash, shim_oom_score]
-);
+lines!(runc, crate::common::RUNC_V2, [pod_grouping_sandbox_id, containerd_restart, shim_crash, shim_oom_score]);
 
 /// containerd 2.x only: 1.6 never asks a runtime for `-info`.
 mod info_inspect_runtime {

@@ -48,7 +48,16 @@ fn big_stdin(line: Line, rt: &'static str) {
     let data = blob(1_000_000);
     let want: u64 = data.iter().map(|b| *b as u64).sum();
     let o = cd.ctr_stdin(
-        &["task", "exec", "--exec-id", "sum", &id, "/bin/sh", "-c", "od -An -v -tu1 | awk '{for(i=1;i<=NF;i++){n++;s+=$i}} END{print n, s}'"],
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "sum",
+            &id,
+            "/bin/sh",
+            "-c",
+            "od -An -v -tu1 | awk '{for(i=1;i<=NF;i++){n++;s+=$i}} END{print n, s}'",
+        ],
         &data,
         BIG,
     );

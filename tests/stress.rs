@@ -46,11 +46,7 @@ use std::time::{Duration, Instant};
 const CONCURRENCY: usize = 8;
 
 fn stress_n() -> usize {
-    std::env::var("KEEL_STRESS_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(200)
+    std::env::var("KEEL_STRESS_N").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(200)
 }
 
 /// Runs `job(i)` for i in 0..n, `workers` at a time. Stops handing out jobs
@@ -129,17 +125,9 @@ fn stress(line: Line, n: usize) {
     let ids: Vec<String> = (0..n).map(|i| format!("st{i}-{}", r.cd.id("c"))).collect();
     let fails_a = pool(n, CONCURRENCY, |i| {
         let k = code_for(i);
-        let o = r.run(
-            &["--rm"],
-            &ids[i],
-            &["sh", "-c", &format!("echo run-{i}; exit {k}")],
-        );
+        let o = r.run(&["--rm"], &ids[i], &["sh", "-c", &format!("echo run-{i}; exit {k}")]);
         if o.code != Some(k) || o.timed_out || o.out() != format!("run-{i}\n") {
-            return Err(format!(
-                "run {} (exit {k}, output run-{i}): {}",
-                ids[i],
-                o.describe()
-            ));
+            return Err(format!("run {} (exit {k}, output run-{i}): {}", ids[i], o.describe()));
         }
         Ok(())
     });
@@ -153,32 +141,16 @@ fn stress(line: Line, n: usize) {
     for l in &longs {
         r.wait_status(l, "RUNNING");
     }
-    let long_shims: Vec<i32> = longs
-        .iter()
-        .flat_map(|l| r.cd.shim_procs_for(l))
-        .map(|p| p.pid)
-        .collect();
-    assert_eq!(
-        long_shims.len(),
-        4,
-        "{tag} one shim per long-running container"
-    );
+    let long_shims: Vec<i32> = longs.iter().flat_map(|l| r.cd.shim_procs_for(l)).map(|p| p.pid).collect();
+    assert_eq!(long_shims.len(), 4, "{tag} one shim per long-running container");
     let shim_fds_before: usize = long_shims.iter().map(|p| fd_count(*p)).sum();
     let tb = Instant::now();
     let fails_b = pool(n, CONCURRENCY, |i| {
         let k = code_for(i + 7);
         let (cid, eid) = (&longs[i % 4], format!("x{i}"));
-        let o = r.exec(
-            &[],
-            cid,
-            &eid,
-            &["sh", "-c", &format!("echo exec-{i}; exit {k}")],
-        );
+        let o = r.exec(&[], cid, &eid, &["sh", "-c", &format!("echo exec-{i}; exit {k}")]);
         if o.code != Some(k) || o.timed_out || o.out() != format!("exec-{i}\n") {
-            return Err(format!(
-                "exec {eid} in {cid} (exit {k}, output exec-{i}): {}",
-                o.describe()
-            ));
+            return Err(format!("exec {eid} in {cid} (exit {k}, output exec-{i}): {}", o.describe()));
         }
         Ok(())
     });
@@ -222,11 +194,9 @@ fn stress(line: Line, n: usize) {
     for l in &longs {
         r.kill_delete(l);
     }
-    let shims_left = poll(Duration::from_secs(20), || {
-        r.cd.shim_procs().is_empty().then_some(())
-    })
-    .map(|_| Vec::new())
-    .unwrap_or_else(|| r.cd.shim_procs());
+    let shims_left = poll(Duration::from_secs(20), || r.cd.shim_procs().is_empty().then_some(()))
+        .map(|_| Vec::new())
+        .unwrap_or_else(|| r.cd.shim_procs());
     let zombies_end = zombies(&r.cd);
     let slack = 8;
     let fds_after = poll(Duration::from_secs(15), || {
@@ -235,11 +205,9 @@ fn stress(line: Line, n: usize) {
     })
     .unwrap_or_else(|| fd_count(cpid));
     let mounts = r.cd.mounts();
-    let state = poll(Duration::from_secs(5), || {
-        runc_state_entries(&r.cd.ns).is_empty().then_some(())
-    })
-    .map(|_| Vec::new())
-    .unwrap_or_else(|| runc_state_entries(&r.cd.ns));
+    let state = poll(Duration::from_secs(5), || runc_state_entries(&r.cd.ns).is_empty().then_some(()))
+        .map(|_| Vec::new())
+        .unwrap_or_else(|| runc_state_entries(&r.cd.ns));
     let cgroups = ns_cgroups(&r.cd.ns);
 
     // Straight to stderr (not eprintln!): shown even when the test passes
@@ -272,45 +240,16 @@ fn stress(line: Line, n: usize) {
         cgroups.len(),
     );
 
-    assert!(
-        fails_a.is_empty(),
-        "{tag} failed runs:\n{}",
-        fails_a.join("\n")
-    );
-    assert!(
-        fails_b.is_empty(),
-        "{tag} failed execs:\n{}",
-        fails_b.join("\n")
-    );
-    assert!(
-        wrong_exits.is_empty(),
-        "{tag} wrong /tasks/exit events:\n{}",
-        wrong_exits.join("\n")
-    );
+    assert!(fails_a.is_empty(), "{tag} failed runs:\n{}", fails_a.join("\n"));
+    assert!(fails_b.is_empty(), "{tag} failed execs:\n{}", fails_b.join("\n"));
+    assert!(wrong_exits.is_empty(), "{tag} wrong /tasks/exit events:\n{}", wrong_exits.join("\n"));
     assert_eq!(exits_seen, expected, "{tag} /tasks/exit events missing");
-    assert!(
-        zombies_mid.is_empty() && zombies_end.is_empty(),
-        "{tag} zombies: {zombies_mid:?} {zombies_end:?}"
-    );
-    assert!(
-        shims_left.is_empty(),
-        "{tag} shims left: {:?}",
-        shims_left.iter().map(|p| &p.cmdline).collect::<Vec<_>>()
-    );
-    assert!(
-        fds_after <= fds_before + slack,
-        "{tag} containerd fds grew: {fds_before} -> {fds_after}"
-    );
-    assert!(
-        shim_fds_after <= shim_fds_before + 4,
-        "{tag} shim fds grew over {n} execs: {shim_fds_before} -> {shim_fds_after}"
-    );
+    assert!(zombies_mid.is_empty() && zombies_end.is_empty(), "{tag} zombies: {zombies_mid:?} {zombies_end:?}");
+    assert!(shims_left.is_empty(), "{tag} shims left: {:?}", shims_left.iter().map(|p| &p.cmdline).collect::<Vec<_>>());
+    assert!(fds_after <= fds_before + slack, "{tag} containerd fds grew: {fds_before} -> {fds_after}");
+    assert!(shim_fds_after <= shim_fds_before + 4, "{tag} shim fds grew over {n} execs: {shim_fds_before} -> {shim_fds_after}");
     assert!(mounts.is_empty(), "{tag} mounts left: {mounts:?}");
-    assert!(
-        state.is_empty(),
-        "{tag} runtime state left in {RUNC_DEFAULT_ROOT}/{}: {state:?}",
-        r.cd.ns
-    );
+    assert!(state.is_empty(), "{tag} runtime state left in {RUNC_DEFAULT_ROOT}/{}: {state:?}", r.cd.ns);
     assert!(cgroups.is_empty(), "{tag} cgroups left: {cgroups:?}");
 }
 
@@ -328,45 +267,29 @@ fn immediate_exit(line: Line, reps: usize) {
         let (cmd, k): (Vec<String>, u64) = match i % 3 {
             0 => (vec!["true".into()], 0),
             1 => (vec!["false".into()], 1),
-            _ => (
-                vec!["sh".into(), "-c".into(), format!("exit {}", code_for(i))],
-                code_for(i) as u64,
-            ),
+            _ => (vec!["sh".into(), "-c".into(), format!("exit {}", code_for(i))], code_for(i) as u64),
         };
         let o = r.run(&["-d"], &id, &strs(&cmd));
         if !o.ok() {
             return Err(format!("run -d {id}: {}", o.describe()));
         }
         let e = ev
-            .wait_for(
-                |e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(),
-                RUN_TIMEOUT,
-            )
+            .wait_for(|e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(), RUN_TIMEOUT)
             .ok_or_else(|| format!("{id}: no /tasks/exit"))?;
         if exit_status(&e) != k {
             return Err(format!("{id}: exit status {} want {k}", e.raw));
         }
         let evs = task_events(&ev, &id);
         let pos = |t: &str| evs.iter().position(|e| e.topic == t);
-        if !(pos("/tasks/create") < pos("/tasks/start") && pos("/tasks/start") < pos("/tasks/exit"))
-        {
-            return Err(format!(
-                "{id}: events out of order:\n{}",
-                evs.iter()
-                    .map(|e| e.raw.as_str())
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            ));
+        if !(pos("/tasks/create") < pos("/tasks/start") && pos("/tasks/start") < pos("/tasks/exit")) {
+            return Err(format!("{id}: events out of order:\n{}", evs.iter().map(|e| e.raw.as_str()).collect::<Vec<_>>().join("\n")));
         }
         let o = r.cd.ctr(&["tasks", "delete", &id]);
         if !o.ok() {
             return Err(format!("delete {id}: {}", o.describe()));
         }
         let d = ev
-            .wait_for(
-                |e| e.topic == "/tasks/delete" && e.container_id() == Some(&id),
-                RUN_TIMEOUT,
-            )
+            .wait_for(|e| e.topic == "/tasks/delete" && e.container_id() == Some(&id), RUN_TIMEOUT)
             .ok_or_else(|| format!("{id}: no /tasks/delete"))?;
         if exit_status(&d) != k {
             return Err(format!("{id}: /tasks/delete {} want exit {k}", d.raw));
@@ -374,10 +297,7 @@ fn immediate_exit(line: Line, reps: usize) {
         r.cd.ctr(&["containers", "delete", &id]);
         Ok(())
     });
-    eprintln!(
-        "{tag} immediate exits: {reps} containers, {} failures",
-        fails.len()
-    );
+    eprintln!("{tag} immediate exits: {reps} containers, {} failures", fails.len());
     assert!(fails.is_empty(), "{tag}:\n{}", fails.join("\n"));
 }
 
@@ -394,11 +314,7 @@ fn exit_order_once(r: &Rig, ev: &EventsHandle, i: usize, kill_all: bool) -> Resu
         &["sleep", "1000000"]
     } else {
         // The init exits 3 on SIGUSR1 (pid 1 ignores signals it has no handler for).
-        &[
-            "sh",
-            "-c",
-            "trap 'exit 3' USR1; while :; do sleep 1 & wait; done",
-        ]
+        &["sh", "-c", "trap 'exit 3' USR1; while :; do sleep 1 & wait; done"]
     };
     let o = r.run(&["-d"], &id, init);
     if !o.ok() {
@@ -418,48 +334,30 @@ fn exit_order_once(r: &Rig, ev: &EventsHandle, i: usize, kill_all: bool) -> Resu
         }
     } else {
         // An exec that makes the init exit and exits itself at the same moment.
-        let o = r.exec(
-            &["-d"],
-            &id,
-            "killer",
-            &["sh", "-c", "kill -USR1 1; exit 5"],
-        );
+        let o = r.exec(&["-d"], &id, "killer", &["sh", "-c", "kill -USR1 1; exit 5"]);
         if !o.ok() {
             return Err(format!("exec killer in {id}: {}", o.describe()));
         }
         all_execs.push("killer".into());
     }
-    ev.wait_for(
-        |e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(),
-        RUN_TIMEOUT,
-    )
-    .ok_or_else(|| format!("{id}: no init /tasks/exit"))?;
+    ev.wait_for(|e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(), RUN_TIMEOUT)
+        .ok_or_else(|| format!("{id}: no init /tasks/exit"))?;
     // Exec exits must all be there already, before the init's.
     thread::sleep(Duration::from_millis(100));
     let evs = task_events(ev, &id);
-    let init_pos = evs
-        .iter()
-        .position(|e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str())
-        .unwrap();
+    let init_pos = evs.iter().position(|e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str()).unwrap();
     let mut bad = Vec::new();
     for e in &all_execs {
-        match evs
-            .iter()
-            .position(|x| x.topic == "/tasks/exit" && x.payload["id"] == e.as_str())
-        {
+        match evs.iter().position(|x| x.topic == "/tasks/exit" && x.payload["id"] == e.as_str()) {
             Some(p) if p < init_pos => {}
-            Some(p) => bad.push(format!(
-                "exec {e} exit at {p}, after init exit at {init_pos}"
-            )),
+            Some(p) => bad.push(format!("exec {e} exit at {p}, after init exit at {init_pos}")),
             None => bad.push(format!("exec {e}: no /tasks/exit")),
         }
     }
     let init_status = exit_status(&evs[init_pos]);
     let want_init = if kill_all { 137 } else { 3 };
     if init_status != want_init {
-        bad.push(format!(
-            "init exit status {init_status:?}, want {want_init}"
-        ));
+        bad.push(format!("init exit status {init_status:?}, want {want_init}"));
     }
     let o = r.cd.ctr(&["tasks", "delete", &id]);
     if !o.ok() {
@@ -471,16 +369,9 @@ fn exit_order_once(r: &Rig, ev: &EventsHandle, i: usize, kill_all: bool) -> Resu
     } else {
         Err(format!(
             "rep {i} {id} ({}): {}\nevents:\n{}",
-            if kill_all {
-                "kill --all"
-            } else {
-                "exec makes init exit"
-            },
+            if kill_all { "kill --all" } else { "exec makes init exit" },
             bad.join("; "),
-            evs.iter()
-                .map(|e| e.raw.as_str())
-                .collect::<Vec<_>>()
-                .join("\n")
+            evs.iter().map(|e| e.raw.as_str()).collect::<Vec<_>>().join("\n")
         ))
     }
 }
@@ -490,11 +381,7 @@ fn exit_order(line: Line, reps: usize) {
     let ev = r.cd.events();
     let h = ev.handle();
     let fails = pool(2 * reps, 4, |i| exit_order_once(&r, &h, i, i % 2 == 0));
-    eprintln!(
-        "{} exit order: {reps} x kill --all, {reps} x exec racing init exit: {} failures",
-        r.tag,
-        fails.len()
-    );
+    eprintln!("{} exit order: {reps} x kill --all, {reps} x exec racing init exit: {} failures", r.tag, fails.len());
     assert!(fails.is_empty(), "{}:\n{}", r.tag, fails.join("\n\n"));
 }
 
@@ -510,18 +397,12 @@ fn within_1s<T: std::fmt::Debug>(what: &str, f: impl FnOnce() -> T) -> (T, Durat
     let v = f();
     let el = t.elapsed();
     eprintln!("  during the hang: {what} -> {v:?} in {el:?}");
-    assert!(
-        el < Duration::from_secs(1),
-        "{what} took {el:?} while another call hung: {v:?}"
-    );
+    assert!(el < Duration::from_secs(1), "{what} took {el:?} while another call hung: {v:?}");
     (v, el)
 }
 
 fn hang_exec(line: Line) {
-    let r = Rig::with_env(
-        line,
-        &[("KEEL_RUNTIME_TIMEOUT", &HANG_TIMEOUT_S.to_string())],
-    );
+    let r = Rig::with_env(line, &[("KEEL_RUNTIME_TIMEOUT", &HANG_TIMEOUT_S.to_string())]);
     let tag = r.tag.clone();
     let (script, hung) = hanging_runtime(&r.cd.dir, "hang-runc", "*/exec-hang*");
     let _guard = HungGuard(hung.clone());
@@ -529,11 +410,7 @@ fn hang_exec(line: Line) {
     let cfgs = cfg.to_string_lossy().into_owned();
     let ev = r.cd.events();
     let id = r.cd.id("hx");
-    r.run_d(
-        &["--runtime-config-path", &cfgs],
-        &id,
-        &["sleep", "1000000"],
-    );
+    r.run_d(&["--runtime-config-path", &cfgs], &id, &["sleep", "1000000"]);
     r.wait_status(&id, "RUNNING");
     let shim = r.shim(&id);
 
@@ -542,21 +419,13 @@ fn hang_exec(line: Line) {
     shim.exec_start(&id, "busy", &busy).expect("exec busy");
     let done = exec_spec(&r.cd, &id, &["sh", "-c", "exit 9"]);
     shim.exec_start(&id, "done1", &done).expect("exec done1");
-    assert_eq!(
-        shim.wait(&id, "done1", Duration::from_secs(20))
-            .expect("wait done1"),
-        9
-    );
+    assert_eq!(shim.wait(&id, "done1", Duration::from_secs(20)).expect("wait done1"), 9);
 
     // Two hung execs: one from ctr (what a user sees), one straight to the shim.
     let ctr_hang = {
         let args = r.exec_args(&[], &id, "hangA", &["echo", "never"]);
         let mut cmd = std::process::Command::new(r.line.ctr());
-        cmd.arg("--address")
-            .arg(&r.cd.sock)
-            .arg("--namespace")
-            .arg(&r.cd.ns)
-            .args(&args);
+        cmd.arg("--address").arg(&r.cd.sock).arg("--namespace").arg(&r.cd.ns).args(&args);
         thread::spawn(move || run_cmd(cmd, None, Duration::from_secs(60)))
     };
     let direct_hang = {
@@ -572,52 +441,33 @@ fn hang_exec(line: Line) {
         })
     };
     let hung_pids = poll(Duration::from_secs(10), || {
-        let n = std::fs::read_to_string(&hung)
-            .unwrap_or_default()
-            .lines()
-            .count();
+        let n = std::fs::read_to_string(&hung).unwrap_or_default().lines().count();
         (n >= 2).then_some(n)
     });
-    assert!(
-        hung_pids.is_some(),
-        "{tag} the stand-in runtime never hung on the two execs"
-    );
+    assert!(hung_pids.is_some(), "{tag} the stand-in runtime never hung on the two execs");
     let hang_started = Instant::now();
 
     // Meanwhile: other calls on the same shim, each within 1 s.
     let (st, _) = within_1s("State init", || shim.state(&id, ""));
     assert_eq!(st.expect("state").status, ST_RUNNING);
     let (st, _) = within_1s("State of the hung exec hangB", || shim.state(&id, "hangB"));
-    assert_eq!(
-        st.expect("state hangB").status,
-        ST_CREATED,
-        "{tag} hangB before its Start returned"
-    );
+    assert_eq!(st.expect("state hangB").status, ST_CREATED, "{tag} hangB before its Start returned");
     let quick = exec_spec(&r.cd, &id, &["sh", "-c", "exit 4"]);
     let (pid, _) = within_1s("Exec+Start quick", || shim.exec_start(&id, "quick", &quick));
     assert!(pid.expect("quick") > 0);
-    let (code, _) = within_1s("Wait quick", || {
-        shim.wait(&id, "quick", Duration::from_secs(5))
-    });
+    let (code, _) = within_1s("Wait quick", || shim.wait(&id, "quick", Duration::from_secs(5)));
     assert_eq!(code.expect("wait quick"), 4);
     let (k, _) = within_1s("Kill busy", || shim.kill(&id, "busy", 9, false));
     assert!(matches!(k, Rpc::Ok(_)), "{tag} kill busy: {k:?}");
-    let (code, _) = within_1s("Wait busy", || {
-        shim.wait(&id, "busy", Duration::from_secs(5))
-    });
+    let (code, _) = within_1s("Wait busy", || shim.wait(&id, "busy", Duration::from_secs(5)));
     assert_eq!(code.expect("wait busy"), 137);
-    let (code, _) = within_1s("Wait done1", || {
-        shim.wait(&id, "done1", Duration::from_secs(5))
-    });
+    let (code, _) = within_1s("Wait done1", || shim.wait(&id, "done1", Duration::from_secs(5)));
     assert_eq!(code.expect("wait done1"), 9);
     let (p, _) = within_1s("Pids", || shim.pids(&id));
     assert!(matches!(p, Rpc::Ok(_)), "{tag} pids: {p:?}");
     let (d, _) = within_1s("Delete quick", || shim.delete(&id, "quick"));
     assert!(matches!(d, Rpc::Ok(_)), "{tag} delete quick: {d:?}");
-    assert!(
-        hang_started.elapsed() < Duration::from_secs(HANG_TIMEOUT_S - 1),
-        "{tag} the checks above did not all run while the exec hung"
-    );
+    assert!(hang_started.elapsed() < Duration::from_secs(HANG_TIMEOUT_S - 1), "{tag} the checks above did not all run while the exec hung");
 
     // The hung calls fail with DeadlineExceeded naming the op.
     let (res, took) = direct_hang.join().unwrap();
@@ -626,44 +476,24 @@ fn hang_exec(line: Line) {
         Rpc::Err(s) => {
             assert_eq!(s.code, 4, "{tag} want DeadlineExceeded: {s:?}");
             assert!(
-                s.message.contains(" exec ")
-                    && s.message.contains(&id)
-                    && s.message.contains(&format!("{HANG_TIMEOUT_S}s")),
+                s.message.contains(" exec ") && s.message.contains(&id) && s.message.contains(&format!("{HANG_TIMEOUT_S}s")),
                 "{tag} the message should name the runtime op, the task and the limit: {s:?}"
             );
         }
         other => panic!("{tag} hung Start hangB: {other:?}"),
     }
     assert!(
-        took >= Duration::from_secs(HANG_TIMEOUT_S - 1)
-            && took < Duration::from_secs(HANG_TIMEOUT_S + 10),
+        took >= Duration::from_secs(HANG_TIMEOUT_S - 1) && took < Duration::from_secs(HANG_TIMEOUT_S + 10),
         "{tag} Start hangB took {took:?} (limit {HANG_TIMEOUT_S}s)"
     );
     let o = ctr_hang.join().unwrap();
     eprintln!("{tag} ctr exec hangA -> {:?}: {}", o.code, o.err().trim());
-    assert!(
-        !o.ok() && !o.timed_out,
-        "{tag} ctr exec hangA: {}",
-        o.describe()
-    );
-    assert!(
-        o.err().contains("did not finish within") && o.err().contains("exec"),
-        "{tag} ctr shows the timeout: {}",
-        o.describe()
-    );
+    assert!(!o.ok() && !o.timed_out, "{tag} ctr exec hangA: {}", o.describe());
+    assert!(o.err().contains("did not finish within") && o.err().contains("exec"), "{tag} ctr shows the timeout: {}", o.describe());
     // The parked runtime processes were killed.
-    let pids: Vec<i32> = std::fs::read_to_string(&hung)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    let gone = poll(Duration::from_secs(5), || {
-        pids.iter().all(|p| !pid_alive(*p)).then_some(())
-    });
-    assert!(
-        gone.is_some(),
-        "{tag} hung runtime processes still alive: {pids:?}"
-    );
+    let pids: Vec<i32> = std::fs::read_to_string(&hung).unwrap().lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let gone = poll(Duration::from_secs(5), || pids.iter().all(|p| !pid_alive(*p)).then_some(()));
+    assert!(gone.is_some(), "{tag} hung runtime processes still alive: {pids:?}");
 
     // The shim serves on: the failed exec is still there, can be deleted; new execs work.
     let st = shim.state(&id, "hangB").expect("state hangB after timeout");
@@ -674,26 +504,14 @@ fn hang_exec(line: Line) {
     shim.assert_serves(&r.cd, &id, "a runtime call timed out");
     let started: Vec<_> = task_events(&ev, &id)
         .into_iter()
-        .filter(|e| {
-            e.topic == "/tasks/exec-started"
-                && e.payload["exec_id"]
-                    .as_str()
-                    .unwrap_or("")
-                    .starts_with("hang")
-        })
+        .filter(|e| e.topic == "/tasks/exec-started" && e.payload["exec_id"].as_str().unwrap_or("").starts_with("hang"))
         .collect();
-    assert!(
-        started.is_empty(),
-        "{tag} exec-started for a hung exec: {started:?}"
-    );
+    assert!(started.is_empty(), "{tag} exec-started for a hung exec: {started:?}");
     r.kill_delete(&id);
 }
 
 fn hang_pause_grouped(line: Line) {
-    let r = Rig::with_env(
-        line,
-        &[("KEEL_RUNTIME_TIMEOUT", &HANG_TIMEOUT_S.to_string())],
-    );
+    let r = Rig::with_env(line, &[("KEEL_RUNTIME_TIMEOUT", &HANG_TIMEOUT_S.to_string())]);
     let tag = r.tag.clone();
     let a = r.cd.id("grpa");
     let b = r.cd.id("grpb");
@@ -703,39 +521,21 @@ fn hang_pause_grouped(line: Line) {
     let cfgs = cfg.to_string_lossy().into_owned();
     let group = format!("io.containerd.keel.v1.group={}", r.cd.id("pod"));
     for id in [&a, &b] {
-        r.run_d(
-            &["--runtime-config-path", &cfgs, "--annotation", &group],
-            id,
-            &["sleep", "1000000"],
-        );
+        r.run_d(&["--runtime-config-path", &cfgs, "--annotation", &group], id, &["sleep", "1000000"]);
         r.wait_status(id, "RUNNING");
     }
     let (sa, sb) = (r.shim(&a), r.shim(&b));
-    assert_eq!(
-        sa.sock, sb.sock,
-        "{tag} grouped containers should share one shim socket"
-    );
-    assert_eq!(
-        r.cd.shim_procs().len(),
-        1,
-        "{tag} one shim process for the group"
-    );
+    assert_eq!(sa.sock, sb.sock, "{tag} grouped containers should share one shim socket");
+    assert_eq!(r.cd.shim_procs().len(), 1, "{tag} one shim process for the group");
     let shim = sb;
 
     let pause = {
         let mut cmd = std::process::Command::new(r.line.ctr());
-        cmd.arg("--address")
-            .arg(&r.cd.sock)
-            .arg("--namespace")
-            .arg(&r.cd.ns)
-            .args(["tasks", "pause", &a]);
+        cmd.arg("--address").arg(&r.cd.sock).arg("--namespace").arg(&r.cd.ns).args(["tasks", "pause", &a]);
         thread::spawn(move || run_cmd(cmd, None, Duration::from_secs(60)))
     };
     assert!(
-        poll(Duration::from_secs(10), || std::fs::read_to_string(&hung)
-            .ok()
-            .filter(|s| !s.is_empty()))
-        .is_some(),
+        poll(Duration::from_secs(10), || std::fs::read_to_string(&hung).ok().filter(|s| !s.is_empty())).is_some(),
         "{tag} the stand-in never hung on pause {a}"
     );
     let hang_started = Instant::now();
@@ -748,27 +548,17 @@ fn hang_pause_grouped(line: Line) {
     assert!(pid.expect("exec in b") > 0);
     let (k, _) = within_1s("Kill exec of B", || shim.kill(&b, "eb", 15, false));
     assert!(matches!(k, Rpc::Ok(_)), "{tag} {k:?}");
-    let (w, _) = within_1s("Wait exec of B", || {
-        shim.wait(&b, "eb", Duration::from_secs(5))
-    });
+    let (w, _) = within_1s("Wait exec of B", || shim.wait(&b, "eb", Duration::from_secs(5)));
     assert_eq!(w.expect("wait eb"), 143);
     let (p, _) = within_1s("Pids B", || shim.pids(&b));
     assert!(matches!(p, Rpc::Ok(_)), "{tag} {p:?}");
     let stats = pb::StatsRequest { id: b.clone(), ..Default::default() };
     let (s, _) = within_1s("Stats B", || shim.call(&stats));
     assert!(matches!(s, Rpc::Ok(_)), "{tag} {s:?}");
-    assert!(
-        hang_started.elapsed() < Duration::from_secs(HANG_TIMEOUT_S - 1),
-        "{tag} checks ran too late"
-    );
+    assert!(hang_started.elapsed() < Duration::from_secs(HANG_TIMEOUT_S - 1), "{tag} checks ran too late");
 
     let o = pause.join().unwrap();
-    eprintln!(
-        "{tag} ctr task pause (hung) -> {:?} after {:?}: {}",
-        o.code,
-        o.elapsed,
-        o.err().trim()
-    );
+    eprintln!("{tag} ctr task pause (hung) -> {:?} after {:?}: {}", o.code, o.elapsed, o.err().trim());
     assert!(!o.ok() && !o.timed_out, "{tag} pause: {}", o.describe());
     assert!(
         o.err().contains("pause") && o.err().contains("did not finish within"),
@@ -776,22 +566,10 @@ fn hang_pause_grouped(line: Line) {
         o.describe()
     );
     if line == Line::V16 {
-        assert!(
-            o.err().trim_end().ends_with("deadline exceeded"),
-            "{tag} code: {}",
-            o.describe()
-        );
+        assert!(o.err().trim_end().ends_with("deadline exceeded"), "{tag} code: {}", o.describe());
     }
-    assert!(
-        o.elapsed >= Duration::from_secs(HANG_TIMEOUT_S - 1),
-        "{tag} pause failed early: {:?}",
-        o.elapsed
-    );
-    assert_eq!(
-        r.task(&a).map(|t| t.1),
-        Some("RUNNING".into()),
-        "{tag} A after the failed pause"
-    );
+    assert!(o.elapsed >= Duration::from_secs(HANG_TIMEOUT_S - 1), "{tag} pause failed early: {:?}", o.elapsed);
+    assert_eq!(r.task(&a).map(|t| t.1), Some("RUNNING".into()), "{tag} A after the failed pause");
     r.assert_exec_works(&a, "a hung pause");
     r.assert_exec_works(&b, "a hung pause of another task");
     // A second pause (no longer hung: the pattern matches only A) works on B.
@@ -838,54 +616,27 @@ fn shim_sigkill(line: Line) {
         let d = descendants(shim);
         (d.len() >= 3).then_some(d)
     })
-    .unwrap_or_else(|| {
-        panic!(
-            "{tag} container processes under the shim: {:?}",
-            descendants(shim)
-        )
-    });
-    assert!(
-        procs.contains(&init),
-        "{tag} init {init} not under shim {shim}: {procs:?}"
-    );
+    .unwrap_or_else(|| panic!("{tag} container processes under the shim: {:?}", descendants(shim)));
+    assert!(procs.contains(&init), "{tag} init {init} not under shim {shim}: {procs:?}");
     eprintln!("{tag} SIGKILL shim {shim}; container processes {procs:?}");
     // SAFETY: a pid we found as this test's shim.
     unsafe { libc::kill(shim, libc::SIGKILL) };
 
-    let orphans = poll(Duration::from_secs(30), || {
-        procs.iter().all(|p| !pid_alive(*p)).then_some(())
-    });
+    let orphans = poll(Duration::from_secs(30), || procs.iter().all(|p| !pid_alive(*p)).then_some(()));
     let alive: Vec<i32> = procs.iter().copied().filter(|p| pid_alive(*p)).collect();
-    assert!(
-        orphans.is_some(),
-        "{tag} container processes outlived their shim by 30s: {alive:?}\n{}",
-        r.cd.log_tail(40)
-    );
-    let e = ev.expect(
-        "init exit after the shim died",
-        |e| e.topic == "/tasks/exit" && e.container_id() == Some(&id),
-        RUN_TIMEOUT,
-    );
+    assert!(orphans.is_some(), "{tag} container processes outlived their shim by 30s: {alive:?}\n{}", r.cd.log_tail(40));
+    let e = ev.expect("init exit after the shim died", |e| e.topic == "/tasks/exit" && e.container_id() == Some(&id), RUN_TIMEOUT);
     eprintln!("{tag} after shim SIGKILL: {}", e.raw);
     // containerd may keep the task as STOPPED or have dropped it; either way it goes.
     let o = r.cd.ctr(&["tasks", "delete", &id]);
-    eprintln!(
-        "{tag} task delete after shim death -> {:?} {}",
-        o.code,
-        o.err().trim()
-    );
+    eprintln!("{tag} task delete after shim death -> {:?} {}", o.code, o.err().trim());
     assert!(!o.timed_out, "{tag} {}", o.describe());
     let o = r.cd.ctr(&["containers", "delete", &id]);
     assert!(o.ok(), "{tag} container delete: {}", o.describe());
     let clean = poll(Duration::from_secs(10), || {
-        (!runc_state_entries(&r.cd.ns).contains(&id) && r.cd.shim_procs_for(&id).is_empty())
-            .then_some(())
+        (!runc_state_entries(&r.cd.ns).contains(&id) && r.cd.shim_procs_for(&id).is_empty()).then_some(())
     });
-    assert!(
-        clean.is_some(),
-        "{tag} runtime state or shim left for {id}: {:?}",
-        runc_state_entries(&r.cd.ns)
-    );
+    assert!(clean.is_some(), "{tag} runtime state or shim left for {id}: {:?}", runc_state_entries(&r.cd.ns));
     r.assert_exec_works(&nb, "another container's shim was killed");
     r.kill_delete(&nb);
 }
@@ -899,11 +650,7 @@ fn runtime_removed(line: Line) {
     let cfg = r.runtime_config("copy", &format!("BinaryName = \"{binary}\"\n"));
     let cfgs = cfg.to_string_lossy().into_owned();
     let id = r.cd.id("nobin");
-    r.run_d(
-        &["--runtime-config-path", &cfgs],
-        &id,
-        &["sleep", "1000000"],
-    );
+    r.run_d(&["--runtime-config-path", &cfgs], &id, &["sleep", "1000000"]);
     let init = r.wait_status(&id, "RUNNING") as i32;
     let o = r.exec(&["-d"], &id, "e1", &["sleep", "1000000"]);
     assert!(o.ok(), "{tag} exec e1: {}", o.describe());
@@ -911,55 +658,26 @@ fn runtime_removed(line: Line) {
 
     let quick = Duration::from_secs(20);
     let must_name = |what: &str, o: &Output| {
-        eprintln!(
-            "{tag} runtime binary gone: {what} -> {:?}: {}",
-            o.code,
-            o.err().trim()
-        );
+        eprintln!("{tag} runtime binary gone: {what} -> {:?}: {}", o.code, o.err().trim());
         assert!(!o.timed_out, "{tag} {what} hung: {}", o.describe());
-        assert!(
-            !o.ok(),
-            "{tag} {what} succeeded without a runtime binary: {}",
-            o.describe()
-        );
-        assert!(
-            o.err().contains(&binary),
-            "{tag} {what}: the error should name {binary}: {}",
-            o.describe()
-        );
+        assert!(!o.ok(), "{tag} {what} succeeded without a runtime binary: {}", o.describe());
+        assert!(o.err().contains(&binary), "{tag} {what}: the error should name {binary}: {}", o.describe());
     };
-    let o =
-        r.cd.ctr_timeout(&strs(&r.exec_args(&[], &id, "e2", &["true"])), quick);
+    let o = r.cd.ctr_timeout(&strs(&r.exec_args(&[], &id, "e2", &["true"])), quick);
     must_name("exec", &o);
     if line == Line::V16 {
-        assert!(
-            o.err().trim_end().ends_with("failed precondition"),
-            "{tag} exec code: {}",
-            o.describe()
-        );
+        assert!(o.err().trim_end().ends_with("failed precondition"), "{tag} exec code: {}", o.describe());
     }
-    let o =
-        r.cd.ctr_timeout(&["tasks", "kill", "-s", "SIGKILL", &id], quick);
+    let o = r.cd.ctr_timeout(&["tasks", "kill", "-s", "SIGKILL", &id], quick);
     must_name("kill", &o);
     let o = r.cd.ctr_timeout(&["tasks", "ps", &id], quick);
     must_name("ps", &o);
     let o = r.cd.ctr_timeout(&["tasks", "pause", &id], quick);
     must_name("pause", &o);
     // An exec is signalled through its pidfd: no runtime needed.
-    let o = r.cd.ctr_timeout(
-        &["tasks", "kill", "--exec-id", "e1", "-s", "SIGKILL", &id],
-        quick,
-    );
-    eprintln!(
-        "{tag} runtime binary gone: kill exec e1 -> {:?} {}",
-        o.code,
-        o.err().trim()
-    );
-    assert!(
-        o.ok(),
-        "{tag} kill of an exec needs no runtime: {}",
-        o.describe()
-    );
+    let o = r.cd.ctr_timeout(&["tasks", "kill", "--exec-id", "e1", "-s", "SIGKILL", &id], quick);
+    eprintln!("{tag} runtime binary gone: kill exec e1 -> {:?} {}", o.code, o.err().trim());
+    assert!(o.ok(), "{tag} kill of an exec needs no runtime: {}", o.describe());
     // The init dies (from outside); its exit is reported; Delete needs the runtime.
     // SAFETY: the pid of this test's container init.
     unsafe { libc::kill(init, libc::SIGKILL) };
@@ -968,29 +686,15 @@ fn runtime_removed(line: Line) {
     must_name("delete", &o);
     let o = r.cd.ctr_timeout(&["tasks", "delete", "-f", &id], quick);
     must_name("delete -f", &o);
-    assert_eq!(
-        r.task(&id).map(|t| t.1),
-        Some("STOPPED".into()),
-        "{tag} task after failed deletes"
-    );
+    assert_eq!(r.task(&id).map(|t| t.1), Some("STOPPED".into()), "{tag} task after failed deletes");
 
     // Back in place, everything cleans up.
     std::fs::copy("/usr/sbin/runc", &bin).expect("restore runc");
     let o = r.cd.ctr_timeout(&["tasks", "delete", &id], quick);
-    assert!(
-        o.ok(),
-        "{tag} delete with the binary back: {}",
-        o.describe()
-    );
+    assert!(o.ok(), "{tag} delete with the binary back: {}", o.describe());
     r.cd.ctr_ok(&["containers", "delete", &id]);
-    let clean = poll(Duration::from_secs(10), || {
-        (runc_state_entries(&r.cd.ns).is_empty() && r.cd.shim_procs().is_empty()).then_some(())
-    });
-    assert!(
-        clean.is_some(),
-        "{tag} leftovers: state {:?}",
-        runc_state_entries(&r.cd.ns)
-    );
+    let clean = poll(Duration::from_secs(10), || (runc_state_entries(&r.cd.ns).is_empty() && r.cd.shim_procs().is_empty()).then_some(()));
+    assert!(clean.is_some(), "{tag} leftovers: state {:?}", runc_state_entries(&r.cd.ns));
 }
 
 /// tmpfs of `size` bytes mounted on `dir`; removes its filler on drop (the
@@ -1007,25 +711,9 @@ impl SmallFs {
         let target = c(&dir.to_string_lossy());
         let data = c(&format!("size={size},mode=0711"));
         // SAFETY: valid C strings; mounting a fresh tmpfs on our own directory.
-        let rc = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                0,
-                data.as_ptr() as *const libc::c_void,
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "mount tmpfs on {}: {}",
-            dir.display(),
-            std::io::Error::last_os_error()
-        );
-        SmallFs {
-            dir: dir.to_path_buf(),
-        }
+        let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, data.as_ptr() as *const libc::c_void) };
+        assert_eq!(rc, 0, "mount tmpfs on {}: {}", dir.display(), std::io::Error::last_os_error());
+        SmallFs { dir: dir.to_path_buf() }
     }
 
     fn filler(&self) -> std::path::PathBuf {
@@ -1035,11 +723,7 @@ impl SmallFs {
     /// Fills the filesystem, then frees `pages` pages.
     fn fill_leaving(&self, pages: u64) -> u64 {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.filler())
-            .unwrap();
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(self.filler()).unwrap();
         let chunk = vec![0u8; 4096];
         loop {
             match f.write(&chunk) {
@@ -1050,12 +734,7 @@ impl SmallFs {
         drop(f);
         let len = std::fs::metadata(self.filler()).unwrap().len();
         let keep = len.saturating_sub(pages * 4096);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(self.filler())
-            .unwrap()
-            .set_len(keep)
-            .unwrap();
+        std::fs::OpenOptions::new().write(true).open(self.filler()).unwrap().set_len(keep).unwrap();
         self.free()
     }
 
@@ -1082,10 +761,7 @@ fn disk_full(line: Line) {
     let r = Rig::new(line);
     let tag = r.tag.clone();
     // The namespace's bundle directory (every bundle of this test lives there).
-    let nsdir =
-        r.cd.state
-            .join("io.containerd.runtime.v2.task")
-            .join(&r.cd.ns);
+    let nsdir = r.cd.state.join("io.containerd.runtime.v2.task").join(&r.cd.ns);
     let fs = SmallFs::mount(&nsdir, 2 << 20);
     let nb = r.sleeper("neighbour");
 
@@ -1096,23 +772,15 @@ fn disk_full(line: Line) {
         let id = r.cd.id(&format!("full{pages}"));
         let o = r.run(&["--rm"], &id, &["sh", "-c", "echo hi; exit 3"]);
         let msg = o.err().trim().replace('\n', " \u{23ce} ");
-        eprintln!(
-            "{tag} {free} bytes free: run -> {:?} in {:?}: {msg}",
-            o.code, o.elapsed
-        );
-        assert!(
-            !o.timed_out,
-            "{tag} run with {free} bytes free hung: {}",
-            o.describe()
-        );
+        eprintln!("{tag} {free} bytes free: run -> {:?} in {:?}: {msg}", o.code, o.elapsed);
+        assert!(!o.timed_out, "{tag} run with {free} bytes free hung: {}", o.describe());
         if o.code != Some(3) {
             // runc itself cannot write its log (in the bundle) then, and says
             // only "exit status 1", with runc-v2 as with Keel: accepted when
             // the message names the runtime op that failed.
             let err = o.err().to_lowercase();
             assert!(
-                err.contains("no space left on device")
-                    || (err.contains("runc create") && err.contains("exit status")),
+                err.contains("no space left on device") || (err.contains("runc create") && err.contains("exit status")),
                 "{tag} with {free} bytes free, the failure should say why: {}",
                 o.describe()
             );
@@ -1120,54 +788,24 @@ fn disk_full(line: Line) {
         outcomes.push((free, o.code, msg));
         // Nothing left behind by a failed create.
         let clean = poll(Duration::from_secs(10), || {
-            (r.cd.shim_procs_for(&id).is_empty() && !runc_state_entries(&r.cd.ns).contains(&id))
-                .then_some(())
+            (r.cd.shim_procs_for(&id).is_empty() && !runc_state_entries(&r.cd.ns).contains(&id)).then_some(())
         });
-        assert!(
-            clean.is_some(),
-            "{tag} leftovers for {id}: shim {:?} state {:?}",
-            r.cd.shim_procs_for(&id),
-            runc_state_entries(&r.cd.ns)
-        );
+        assert!(clean.is_some(), "{tag} leftovers for {id}: shim {:?} state {:?}", r.cd.shim_procs_for(&id), runc_state_entries(&r.cd.ns));
         let _ = r.cd.ctr(&["containers", "delete", &id]);
         // containerd and the neighbour's shim still answer.
-        assert_eq!(
-            r.task(&nb).map(|t| t.1),
-            Some("RUNNING".into()),
-            "{tag} neighbour after a full disk"
-        );
+        assert_eq!(r.task(&nb).map(|t| t.1), Some("RUNNING".into()), "{tag} neighbour after a full disk");
     }
     // An exec while full: Keel writes the process spec into the bundle.
     fs.fill_leaving(0);
     let o = r.exec(&[], &nb, "full-exec", &["echo", "hi"]);
-    eprintln!(
-        "{tag} exec with the bundle fs full -> {:?}: {}",
-        o.code,
-        o.err().trim()
-    );
-    assert!(
-        !o.timed_out,
-        "{tag} exec hung on a full disk: {}",
-        o.describe()
-    );
-    assert!(
-        o.ok() || o.err().to_lowercase().contains("no space left on device"),
-        "{tag} exec on a full disk: {}",
-        o.describe()
-    );
+    eprintln!("{tag} exec with the bundle fs full -> {:?}: {}", o.code, o.err().trim());
+    assert!(!o.timed_out, "{tag} exec hung on a full disk: {}", o.describe());
+    assert!(o.ok() || o.err().to_lowercase().contains("no space left on device"), "{tag} exec on a full disk: {}", o.describe());
     fs.empty();
     r.assert_exec_works(&nb, "a full bundle filesystem");
     let o = r.run(&["--rm"], &r.cd.id("after"), &["sh", "-c", "exit 3"]);
-    assert_eq!(
-        o.code,
-        Some(3),
-        "{tag} run after freeing space: {}",
-        o.describe()
-    );
-    assert!(
-        outcomes.iter().any(|o| o.1 != Some(3)),
-        "{tag} no create failed with a full disk: {outcomes:?}"
-    );
+    assert_eq!(o.code, Some(3), "{tag} run after freeing space: {}", o.describe());
+    assert!(outcomes.iter().any(|o| o.1 != Some(3)), "{tag} no create failed with a full disk: {outcomes:?}");
     r.kill_delete(&nb);
 }
 
@@ -1182,11 +820,7 @@ fn late_read(path: std::path::PathBuf, delay: Duration) -> thread::JoinHandle<Ve
         use std::io::Read;
         use std::os::unix::fs::OpenOptionsExt;
         thread::sleep(delay);
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&path)
-            .expect("open fifo for reading");
+        let mut f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&path).expect("open fifo for reading");
         let mut out = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(3);
         let mut buf = [0u8; 4096];
@@ -1196,9 +830,7 @@ fn late_read(path: std::path::PathBuf, delay: Duration) -> thread::JoinHandle<Ve
                 Ok(0) if !out.is_empty() => break,
                 Ok(0) => thread::sleep(Duration::from_millis(20)),
                 Ok(n) => out.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    thread::sleep(Duration::from_millis(20))
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(20)),
                 Err(_) => break,
             }
         }
@@ -1253,12 +885,10 @@ fn late_reader(line: Line) {
         got.push((rt, out));
         r.kill_delete(&id);
     }
+    assert_eq!(got[0].1, "late-reader\n", "the reference (runc-v2) keeps the output: {got:?}");
     assert_eq!(
-        got[0].1, "late-reader\n",
-        "the reference (runc-v2) keeps the output: {got:?}"
-    );
-    assert_eq!(
-        got[1].1, "late-reader\n",
+        got[1].1,
+        "late-reader\n",
         "[keel {}] the exec's output is lost when the client opens its fifo 300 ms after Start: {got:?}",
         line.name()
     );
@@ -1266,13 +896,9 @@ fn late_reader(line: Line) {
 
 // ---------------------------------------------------------------------------
 
-
 per_line!(stress, |l| super::stress(l, stress_n()));
 per_line!(immediate_exit, |l| super::immediate_exit(l, 30));
-per_line!(exit_order, |l| super::exit_order(
-    l,
-    if l == Line::V16 { 20 } else { 10 }
-));
+per_line!(exit_order, |l| super::exit_order(l, if l == Line::V16 { 20 } else { 10 }));
 per_line!(hang_exec, super::hang_exec);
 per_line!(hang_pause_grouped, super::hang_pause_grouped);
 per_line!(fault_shim_sigkill, super::shim_sigkill);

@@ -54,11 +54,7 @@ pub fn containerd_id_ok(id: &str) -> bool {
 }
 
 fn any(type_url: &str, value: &[u8]) -> Any {
-    Any {
-        type_url: type_url.to_string(),
-        value: value.to_vec(),
-        ..Default::default()
-    }
+    Any { type_url: type_url.to_string(), value: value.to_vec(), ..Default::default() }
 }
 
 /// `runtimeoptions.v1.Options` with `body` as ConfigBody.
@@ -97,10 +93,7 @@ pub fn check(data: &[u8]) {
             let r = keel::options::decode(Some(&any("runtimeoptions.v1.Options", &cri_body(rest))));
             if let (Ok(_), Ok(table)) = (&r, text.parse::<toml_table::Table>()) {
                 for k in table.keys() {
-                    assert!(
-                        KNOWN_TOML_KEYS.contains(&k.as_str()),
-                        "unknown TOML key {k:?} accepted"
-                    );
+                    assert!(KNOWN_TOML_KEYS.contains(&k.as_str()), "unknown TOML key {k:?} accepted");
                 }
             }
         }
@@ -109,10 +102,7 @@ pub fn check(data: &[u8]) {
             if let Ok(table) = text.parse::<toml_table::Table>() {
                 if keel::options::from_toml(&text).is_ok() {
                     for k in table.keys() {
-                        assert!(
-                            KNOWN_TOML_KEYS.contains(&k.as_str()),
-                            "unknown TOML key {k:?} accepted"
-                        );
+                        assert!(KNOWN_TOML_KEYS.contains(&k.as_str()), "unknown TOML key {k:?} accepted");
                     }
                 }
             } else {
@@ -123,16 +113,9 @@ pub fn check(data: &[u8]) {
             // An options type Keel does not know is named in the error.
             let url = text.lines().next().unwrap_or("").to_string();
             let name = url.rsplit('/').next().unwrap_or("");
-            if !url.is_empty()
-                && name != "containerd.runc.v1.Options"
-                && name != "runtimeoptions.v1.Options"
-            {
-                let e = keel::options::decode(Some(&any(&url, b"")))
-                    .expect_err("unknown options type accepted");
-                assert!(
-                    e.to_string().contains(&format!("{url:?}")),
-                    "error does not name {url:?}: {e}"
-                );
+            if !url.is_empty() && name != "containerd.runc.v1.Options" && name != "runtimeoptions.v1.Options" {
+                let e = keel::options::decode(Some(&any(&url, b""))).expect_err("unknown options type accepted");
+                assert!(e.to_string().contains(&format!("{url:?}")), "error does not name {url:?}: {e}");
             }
             let _ = keel::options::checkpoint_options(Some(&any(&url, rest)));
         }
@@ -141,23 +124,13 @@ pub fn check(data: &[u8]) {
             Ok(Target::Fifo(p)) | Ok(Target::File(p)) | Ok(Target::Binary { path: p, .. }) => {
                 assert!(p.is_absolute(), "{text:?} decoded to a relative path {p:?}")
             }
-            Err(e) => assert!(
-                e.to_string().contains(&format!("{text:?}")),
-                "error does not name {text:?}: {e}"
-            ),
+            Err(e) => assert!(e.to_string().contains(&format!("{text:?}")), "error does not name {text:?}: {e}"),
         },
         6 => {
             let ok = keel::tasklist::validate_id("container id", &text);
-            assert_eq!(
-                ok.is_ok(),
-                containerd_id_ok(&text),
-                "validate_id({text:?}) = {ok:?}"
-            );
+            assert_eq!(ok.is_ok(), containerd_id_ok(&text), "validate_id({text:?}) = {ok:?}");
             if let Err(e) = ok {
-                assert!(
-                    e.to_string().contains(&format!("{text:?}")),
-                    "error does not name {text:?}: {e}"
-                );
+                assert!(e.to_string().contains(&format!("{text:?}")), "error does not name {text:?}: {e}");
             }
         }
         7 => {
@@ -203,11 +176,7 @@ pub fn check(data: &[u8]) {
                 "norelatime",
                 "nomand",
             ];
-            let want: Vec<&str> = opts
-                .iter()
-                .map(String::as_str)
-                .filter(|o| !flags.contains(o))
-                .collect();
+            let want: Vec<&str> = opts.iter().map(String::as_str).filter(|o| !flags.contains(o)).collect();
             assert_eq!(data, want.join(","), "mount data for {opts:?}");
         }
         _ => {
@@ -233,10 +202,7 @@ mod toml_table {
         fn from_str(s: &str) -> Result<Table, ()> {
             // Multi-line strings, arrays and inline tables could hide
             // `key =` lines inside values: such documents are skipped.
-            if ["\"\"\"", "\'\'\'", "[", "{", "\\"]
-                .iter()
-                .any(|m| s.contains(m))
-            {
+            if ["\"\"\"", "\'\'\'", "[", "{", "\\"].iter().any(|m| s.contains(m)) {
                 return Err(());
             }
             let mut keys = Vec::new();
@@ -247,11 +213,7 @@ mod toml_table {
                 }
                 let (k, _) = l.split_once('=').ok_or(())?;
                 let k = k.trim();
-                if k.is_empty()
-                    || !k
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-                {
+                if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
                     return Err(());
                 }
                 keys.push(k.to_string());

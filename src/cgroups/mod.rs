@@ -85,7 +85,6 @@ impl Cgroup {
         let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
         Cgroup::parse(&cg, &mi).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("no cgroup found for pid {pid}")))
     }
-
 }
 
 /// systemd's own test for "booted with systemd" (sd_booted).
@@ -96,7 +95,9 @@ pub const SYSTEMD_MARKER: &str = "/run/systemd/system";
 pub enum SetupError {
     #[error("container {id}: SystemdCgroup is set, but systemd is not running on this host ({} does not exist); set SystemdCgroup = false or run on a systemd host", marker.display())]
     NoSystemd { id: String, marker: PathBuf },
-    #[error("container {id}: cgroupsPath {path:?} is not \"slice:prefix:name\", which the systemd cgroup driver (SystemdCgroup = true) needs")]
+    #[error(
+        "container {id}: cgroupsPath {path:?} is not \"slice:prefix:name\", which the systemd cgroup driver (SystemdCgroup = true) needs"
+    )]
     SystemdPath { id: String, path: String },
 }
 

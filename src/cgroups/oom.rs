@@ -42,11 +42,14 @@ impl OomMonitor {
     /// Starts watching; `notify` runs once per OOM kill.
     pub fn start(cg: &Cgroup, notify: impl Fn() + Send + Sync + 'static) -> std::io::Result<Arc<Self>> {
         let (counter, v2) = match cg {
-            Cgroup::V1(m) => (m.get("memory").ok_or_else(|| std::io::Error::other("no memory controller"))?.join("memory.oom_control"), false),
+            Cgroup::V1(m) => {
+                (m.get("memory").ok_or_else(|| std::io::Error::other("no memory controller"))?.join("memory.oom_control"), false)
+            }
             Cgroup::V2(dir) => (dir.join("memory.events"), true),
         };
         let seen = oom_kills(&counter).unwrap_or(0);
-        let mon = Arc::new(OomMonitor { counter: counter.clone(), seen: Mutex::new(seen), notify: Box::new(notify), task: Mutex::new(None) });
+        let mon =
+            Arc::new(OomMonitor { counter: counter.clone(), seen: Mutex::new(seen), notify: Box::new(notify), task: Mutex::new(None) });
         // The watcher holds the monitor weakly: dropping the last Arc ends it.
         let watcher = Arc::downgrade(&mon);
         let task = if v2 {

@@ -26,7 +26,8 @@ pub fn confine_shim(pid: u32, shim_cgroup: &str) -> Result<(), ShimCgroupError> 
     if shim_cgroup.is_empty() {
         return Ok(());
     }
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| ShimCgroupError::Mountinfo { path: shim_cgroup.into(), source })?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|source| ShimCgroupError::Mountinfo { path: shim_cgroup.into(), source })?;
     join_cgroup(pid, shim_cgroup, &mountinfo)
 }
 

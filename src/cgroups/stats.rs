@@ -53,7 +53,12 @@ pub fn v1_metrics(paths: &HashMap<String, std::path::PathBuf>) -> v1::Metrics {
     let mut m = v1::Metrics::default();
     if let Some(dir) = paths.get("pids") {
         let limit = num(dir, "pids.max");
-        m.pids = Some(v1::PidsStat { current: num(dir, "pids.current"), limit: if limit == u64::MAX { 0 } else { limit }, ..Default::default() }).into();
+        m.pids = Some(v1::PidsStat {
+            current: num(dir, "pids.current"),
+            limit: if limit == u64::MAX { 0 } else { limit },
+            ..Default::default()
+        })
+        .into();
     }
     let mut cpu = v1::CPUStat::default();
     if let Some(dir) = paths.get("cpuacct") {
@@ -184,8 +189,15 @@ pub fn v2_metrics(dir: &Path) -> v2::Metrics {
             ..Default::default()
         })
         .into(),
-        memory_events: Some(v2::MemoryEvents { low: e("low"), high: e("high"), max: e("max"), oom: e("oom"), oom_kill: e("oom_kill"), ..Default::default() })
-            .into(),
+        memory_events: Some(v2::MemoryEvents {
+            low: e("low"),
+            high: e("high"),
+            max: e("max"),
+            oom: e("oom"),
+            oom_kill: e("oom_kill"),
+            ..Default::default()
+        })
+        .into(),
         ..Default::default()
     }
 }

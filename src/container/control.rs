@@ -21,7 +21,12 @@ fn checkpoint_args(image: &str, work: &std::path::Path, o: &CheckpointOptions) -
     if !o.exit {
         a.push("--leave-running".into());
     }
-    for (on, flag) in [(o.open_tcp, "--tcp-established"), (o.external_unix_sockets, "--ext-unix-sk"), (o.terminal, "--shell-job"), (o.file_locks, "--file-locks")] {
+    for (on, flag) in [
+        (o.open_tcp, "--tcp-established"),
+        (o.external_unix_sockets, "--ext-unix-sk"),
+        (o.terminal, "--shell-job"),
+        (o.file_locks, "--file-locks"),
+    ] {
         if on {
             a.push(flag.into());
         }
@@ -159,7 +164,19 @@ mod tests {
         let a = checkpoint_args("/img", std::path::Path::new("/work"), &o);
         assert_eq!(
             a,
-            ["--image-path", "/img", "--work-path", "/work", "--leave-running", "--tcp-established", "--ext-unix-sk", "--shell-job", "--file-locks", "--empty-ns", "network"]
+            [
+                "--image-path",
+                "/img",
+                "--work-path",
+                "/work",
+                "--leave-running",
+                "--tcp-established",
+                "--ext-unix-sk",
+                "--shell-job",
+                "--file-locks",
+                "--empty-ns",
+                "network"
+            ]
         );
         let exit = CheckpointOptions { exit: true, ..Default::default() };
         assert!(!checkpoint_args("/img", std::path::Path::new("/w"), &exit).contains(&"--leave-running".to_string()));

@@ -47,12 +47,23 @@ impl Container {
     /// already died during the runtime call. With a checkpoint, only the
     /// container is set up: the restore runs at Start, as with runc-v2.
     pub async fn create(req: CreateRequest, reaper: Reaper, publisher: Publisher) -> Result<(Arc<Container>, Option<Exit>)> {
-        let runtime = Runtime::new(req.options.binary(), &req.options.root_for(&req.namespace), &req.bundle, req.options.systemd_cgroup, reaper.clone());
+        let runtime = Runtime::new(
+            req.options.binary(),
+            &req.options.root_for(&req.namespace),
+            &req.bundle,
+            req.options.systemd_cgroup,
+            reaper.clone(),
+        );
         Container::create_with(req, Arc::new(runtime), reaper, publisher).await
     }
 
     /// [`Container::create`] with a given runtime driver.
-    pub async fn create_with(req: CreateRequest, runtime: Arc<dyn OciRuntime>, reaper: Reaper, publisher: Publisher) -> Result<(Arc<Container>, Option<Exit>)> {
+    pub async fn create_with(
+        req: CreateRequest,
+        runtime: Arc<dyn OciRuntime>,
+        reaper: Reaper,
+        publisher: Publisher,
+    ) -> Result<(Arc<Container>, Option<Exit>)> {
         let id = &req.id;
         if !req.bundle.is_absolute() {
             return Err(Error::InvalidArgument(format!("container {id}: bundle path {:?} is not absolute", req.bundle)));

@@ -13,7 +13,8 @@ use crate::stdio::{self, StdioConfig};
 impl Container {
     pub fn add_exec(&self, exec_id: &str, stdio: StdioConfig, spec: Vec<u8>) -> Result<()> {
         crate::tasklist::validate_id("exec id", exec_id)?;
-        let invalid = |e: serde_json::Error| Error::InvalidArgument(format!("exec {exec_id} of task {}: invalid process spec: {e}", self.id));
+        let invalid =
+            |e: serde_json::Error| Error::InvalidArgument(format!("exec {exec_id} of task {}: invalid process spec: {e}", self.id));
         serde_json::from_slice::<oci_spec::runtime::Process>(&spec).map_err(invalid)?;
         let spec = with_terminal(&spec, stdio.terminal).map_err(invalid)?;
         stdio::parse_target(&stdio.stdout).and(stdio::parse_target(&stdio.stderr)).map_err(Error::from)?;
@@ -30,10 +31,8 @@ impl Container {
         }
         execs.insert(exec_id.to_string(), Arc::new(Process::new(exec_id, stdio, spec)));
         drop(execs);
-        self.publisher.publish(
-            &self.namespace,
-            TaskExecAdded { container_id: self.id.clone(), exec_id: exec_id.to_string(), ..Default::default() },
-        );
+        self.publisher
+            .publish(&self.namespace, TaskExecAdded { container_id: self.id.clone(), exec_id: exec_id.to_string(), ..Default::default() });
         Ok(())
     }
 
@@ -73,10 +72,7 @@ impl Container {
         self.remove_file(&pid_file);
         let (rio, prepared) = stdio::prepare(&p.stdio, self.io_owner(), &self.namespace, &self.id, &self.reaper).await?;
         let sub = self.reaper.subscribe();
-        let res = self
-            .runtime
-            .exec(&self.id, &spec_file, &pid_file, prepared.console.as_ref().map(|c| c.path()), rio)
-            .await;
+        let res = self.runtime.exec(&self.id, &spec_file, &pid_file, prepared.console.as_ref().map(|c| c.path()), rio).await;
         self.remove_file(&spec_file);
         res?;
         let master = match &prepared.console {
@@ -121,7 +117,8 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&with_terminal(spec, true).expect("json")).expect("json");
         assert_eq!(v["terminal"], true);
         assert_eq!(v["x-unknown"]["kept"], 1, "fields Keel does not know pass through");
-        let v: serde_json::Value = serde_json::from_slice(&with_terminal(br#"{"terminal":true,"args":["sh"],"cwd":"/"}"#, false).expect("json")).expect("json");
+        let v: serde_json::Value =
+            serde_json::from_slice(&with_terminal(br#"{"terminal":true,"args":["sh"],"cwd":"/"}"#, false).expect("json")).expect("json");
         assert_eq!(v["terminal"], false);
     }
 }

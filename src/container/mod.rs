@@ -97,10 +97,7 @@ impl Container {
         if exec_id.is_empty() {
             return Ok(self.init.clone());
         }
-        lock(&self.execs)
-            .get(exec_id)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(format!("exec {exec_id} not found in task {}", self.id)))
+        lock(&self.execs).get(exec_id).cloned().ok_or_else(|| Error::NotFound(format!("exec {exec_id} not found in task {}", self.id)))
     }
 
     pub async fn start(self: &Arc<Self>, exec_id: &str) -> Result<i32> {
@@ -267,9 +264,10 @@ impl Container {
 
     pub fn resize(&self, exec_id: &str, width: u32, height: u32) -> Result<()> {
         let p = self.process(exec_id)?;
-        let io = p.io().filter(|io| io.has_console()).ok_or_else(|| {
-            Error::FailedPrecondition(format!("{} has no terminal to resize", p.describe(&self.id)))
-        })?;
+        let io = p
+            .io()
+            .filter(|io| io.has_console())
+            .ok_or_else(|| Error::FailedPrecondition(format!("{} has no terminal to resize", p.describe(&self.id))))?;
         io.resize(width, height).map_err(|e| Error::io(format!("resize {}", p.describe(&self.id)), e))
     }
 

@@ -173,7 +173,14 @@ impl Process {
         use Status::*;
         let ok = matches!(
             (st.status, to),
-            (Created, Running) | (Created, Stopped) | (Created, Deleted) | (Running, Paused) | (Running, Stopped) | (Paused, Running) | (Paused, Stopped) | (Stopped, Deleted)
+            (Created, Running)
+                | (Created, Stopped)
+                | (Created, Deleted)
+                | (Running, Paused)
+                | (Running, Stopped)
+                | (Paused, Running)
+                | (Paused, Stopped)
+                | (Stopped, Deleted)
         );
         if !ok {
             return Err(Error::FailedPrecondition(format!(
@@ -212,7 +219,9 @@ impl Process {
             // added (containerd issue 10589), but not started.
             Op::AddExec if !matches!(s, Stopped | Deleted) => Ok(()),
             Op::AddExec => Err(Error::FailedPrecondition(format!("cannot exec in {what}: it is stopped"))),
-            Op::StartExec(exec) if gone => Err(Error::FailedPrecondition(format!("cannot start exec {exec} of {what}: the init process is not running"))),
+            Op::StartExec(exec) if gone => {
+                Err(Error::FailedPrecondition(format!("cannot start exec {exec} of {what}: the init process is not running")))
+            }
             Op::StartExec(_) => Ok(()),
             Op::Pause if s == Running => Ok(()),
             Op::Resume if s == Paused => Ok(()),

@@ -129,7 +129,9 @@ async fn rig(own_pid_ns: bool) -> Rig {
     let dir = std::env::temp_dir().join(format!("keel-core-{}-{}", std::process::id(), NEXT_BUNDLE.fetch_add(1, Ordering::Relaxed)));
     std::fs::create_dir_all(dir.join("rootfs")).expect("bundle");
     let namespaces = if own_pid_ns { r#"[{"type":"pid"},{"type":"mount"}]"# } else { r#"[{"type":"mount"}]"# };
-    let config = format!(r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},"process":{{"cwd":"/","args":["sh"],"user":{{"uid":0,"gid":0}}}},"linux":{{"namespaces":{namespaces}}}}}"#);
+    let config = format!(
+        r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},"process":{{"cwd":"/","args":["sh"],"user":{{"uid":0,"gid":0}}}},"linux":{{"namespaces":{namespaces}}}}}"#
+    );
     std::fs::write(dir.join("config.json"), config).expect("config.json");
     let (reaper, exits) = Reaper::new();
     let (publisher, events) = recording::publisher();

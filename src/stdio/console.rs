@@ -20,11 +20,8 @@ pub struct ConsoleSocket {
 
 impl ConsoleSocket {
     pub(super) fn new() -> Result<Self> {
-        let path = std::env::temp_dir().join(format!(
-            "keel-pty-{}-{}.sock",
-            std::process::id(),
-            SOCKET_SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
+        let path =
+            std::env::temp_dir().join(format!("keel-pty-{}-{}.sock", std::process::id(), SOCKET_SEQ.fetch_add(1, Ordering::Relaxed)));
         let _ = std::fs::remove_file(&path);
         let listener = tokio::net::UnixListener::bind(&path).map_err(|e| StdioError::Console(format!("bind {}: {e}", path.display())))?;
         Ok(ConsoleSocket { path, listener })

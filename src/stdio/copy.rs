@@ -188,9 +188,7 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("scratch dir");
         let fifo = dir.join("stdout");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
-        let nb = |read: bool| {
-            FileOptions::new().read(read).write(!read).custom_flags(libc::O_NONBLOCK).open(&fifo).expect("open fifo")
-        };
+        let nb = |read: bool| FileOptions::new().read(read).write(!read).custom_flags(libc::O_NONBLOCK).open(&fifo).expect("open fifo");
         let mut client = nb(true);
         let keep = nb(true);
         let mut writer = nb(false);

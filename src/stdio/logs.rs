@@ -18,20 +18,30 @@ use crate::reaper::Reaper;
 
 pub(super) fn open_log_file(path: &Path) -> Result<std::fs::File> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| StdioError::Open { what: "log directory", path: dir.display().to_string(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| StdioError::Open {
+            what: "log directory",
+            path: dir.display().to_string(),
+            source,
+        })?;
     }
-    FileOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o644)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|source| StdioError::Open { what: "log file", path: path.display().to_string(), source })
+    FileOptions::new().create(true).append(true).mode(0o644).custom_flags(libc::O_CLOEXEC).open(path).map_err(|source| StdioError::Open {
+        what: "log file",
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Starts a `binary://` logger: fd 3 and 4 carry the container's stdout and
 /// stderr, and the logger closes fd 5 once it is ready to read them.
-pub(super) async fn start_logger(path: &Path, args: &[String], namespace: &str, id: &str, out_r: OwnedFd, err_r: OwnedFd, reaper: &Reaper) -> Result<()> {
+pub(super) async fn start_logger(
+    path: &Path,
+    args: &[String],
+    namespace: &str,
+    id: &str,
+    out_r: OwnedFd,
+    err_r: OwnedFd,
+    reaper: &Reaper,
+) -> Result<()> {
     let fail = |reason: String| StdioError::Logger { binary: path.display().to_string(), reason };
     let (ready_r, ready_w) = cloexec_pipe()?;
     // Moved above fd 5 first, so dup2 onto 3..5 never hits one of its sources.
@@ -80,7 +90,11 @@ pub(super) async fn start_logger(path: &Path, args: &[String], namespace: &str, 
         }
     };
     if tokio::time::timeout(LOGGER_READY_LIMIT, wait).await.is_err() {
-        log::warn!("task {id}: logging binary {} did not close its readiness fd within {}s; starting anyway", path.display(), LOGGER_READY_LIMIT.as_secs());
+        log::warn!(
+            "task {id}: logging binary {} did not close its readiness fd within {}s; starting anyway",
+            path.display(),
+            LOGGER_READY_LIMIT.as_secs()
+        );
     }
     Ok(())
 }

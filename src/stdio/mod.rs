@@ -233,12 +233,7 @@ impl Prepared {
             // An error only means the copy ended before it got that far.
             let _ = rx.await;
         }
-        Ok(IoHandle {
-            stdin: Mutex::new(stdin),
-            stdin_keepalive: Mutex::new(stdin_keepalive),
-            outputs: Mutex::new(outputs),
-            console,
-        })
+        Ok(IoHandle { stdin: Mutex::new(stdin), stdin_keepalive: Mutex::new(stdin_keepalive), outputs: Mutex::new(outputs), console })
     }
 }
 

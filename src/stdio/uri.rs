@@ -84,7 +84,10 @@ mod tests {
 
     #[test]
     fn escaped_paths_and_args_are_decoded() {
-        assert_eq!(parse_target("file:///logs%20dir/my%20app%20%281%29.log").expect("file"), Target::File("/logs dir/my app (1).log".into()));
+        assert_eq!(
+            parse_target("file:///logs%20dir/my%20app%20%281%29.log").expect("file"),
+            Target::File("/logs dir/my app (1).log".into())
+        );
         assert_eq!(
             parse_target("binary:///opt/my%20logger?tag=a%20b&x=1+2").expect("binary"),
             Target::Binary { path: "/opt/my logger".into(), args: vec!["tag".into(), "a b".into(), "x".into(), "1 2".into()] }

@@ -88,11 +88,7 @@ pub fn add_keel_runtime(doc: &mut DocumentMut, version: i64, options: Option<&Pa
 
 /// One past the last position of any table in `t`.
 fn last_position(t: &Table) -> isize {
-    t.iter()
-        .filter_map(|(_, item)| item.as_table())
-        .map(|sub| sub.position().unwrap_or(0).max(last_position(sub)))
-        .max()
-        .unwrap_or(0)
+    t.iter().filter_map(|(_, item)| item.as_table()).map(|sub| sub.position().unwrap_or(0).max(last_position(sub))).max().unwrap_or(0)
 }
 
 /// The config's `imports`, as absolute paths (containerd resolves relative
@@ -138,7 +134,14 @@ pub fn dropin(options: Option<&Path>) -> Result<String, String> {
     let mut doc = DocumentMut::new();
     doc.insert("version", value(3));
     add_keel_runtime(&mut doc, 3, options)?;
-    if let Some(t) = doc.get_mut("plugins").and_then(|p| p.get_mut("io.containerd.cri.v1.runtime")).and_then(|p| p.get_mut("containerd")).and_then(|p| p.get_mut("runtimes")).and_then(|p| p.get_mut(HANDLER)).and_then(Item::as_table_mut) {
+    if let Some(t) = doc
+        .get_mut("plugins")
+        .and_then(|p| p.get_mut("io.containerd.cri.v1.runtime"))
+        .and_then(|p| p.get_mut("containerd"))
+        .and_then(|p| p.get_mut("runtimes"))
+        .and_then(|p| p.get_mut(HANDLER))
+        .and_then(Item::as_table_mut)
+    {
         // The file's own header says it all.
         t.decor_mut().set_prefix("\n");
     }

@@ -62,11 +62,17 @@ pub struct WireOptions {
 /// What wiring did, for the user.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Wired { changed: Vec<PathBuf>, backup: Option<PathBuf> },
+    Wired {
+        changed: Vec<PathBuf>,
+        backup: Option<PathBuf>,
+    },
     AlreadyWired,
     /// The config had a `keel` runtime of the user's own.
     AlreadyThere,
-    Unwired { restored: Vec<PathBuf>, removed: Vec<PathBuf> },
+    Unwired {
+        restored: Vec<PathBuf>,
+        removed: Vec<PathBuf>,
+    },
     NotWired,
 }
 
@@ -227,13 +233,16 @@ fn revert(cfg: &Path, written: &[Written], created_dirs: &[PathBuf]) -> Result<(
 /// must hold the keel runtime.
 pub fn check_loads(bin: &str, cfg: &Path) -> Result<()> {
     let reject = |message: String| WiringError::Rejected { binary: bin.into(), message };
-    let out = Command::new(bin).arg("--config").arg(cfg).args(["config", "dump"]).output().map_err(|e| reject(format!("running it: {e}")))?;
+    let out =
+        Command::new(bin).arg("--config").arg(cfg).args(["config", "dump"]).output().map_err(|e| reject(format!("running it: {e}")))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         return Err(reject(format!("{}\n{}", out.status, String::from_utf8_lossy(&out.stderr).trim())));
     }
     if !dump_has_keel(&stdout) {
-        return Err(reject(format!("its `config dump` has no {HANDLER} runtime of type {RUNTIME_TYPE} (a containerd older than the config's version ignores it)")));
+        return Err(reject(format!(
+            "its `config dump` has no {HANDLER} runtime of type {RUNTIME_TYPE} (a containerd older than the config's version ignores it)"
+        )));
     }
     Ok(())
 }
@@ -242,7 +251,9 @@ pub fn check_loads(bin: &str, cfg: &Path) -> Result<()> {
 /// dumps are TOML; 2.x's is version 3).
 pub fn dump_has_keel(dump: &str) -> bool {
     let Ok(doc) = dump.parse::<DocumentMut>() else { return false };
-    [2, 3].into_iter().any(|v| config::keel_runtime(&doc, v).and_then(|t| t.get("runtime_type")).and_then(Item::as_str) == Some(RUNTIME_TYPE))
+    [2, 3]
+        .into_iter()
+        .any(|v| config::keel_runtime(&doc, v).and_then(|t| t.get("runtime_type")).and_then(Item::as_str) == Some(RUNTIME_TYPE))
 }
 
 struct RecordedFile {
@@ -263,9 +274,17 @@ fn read_record(path: &Path) -> Result<Option<(Vec<RecordedFile>, Vec<PathBuf>)>>
             (None, _) => None,
             _ => return Err(bad("a backup without its mode")),
         };
-        files.push(RecordedFile { path: s("path").ok_or_else(|| bad("a file without a path"))?.into(), sha256: s("sha256").ok_or_else(|| bad("a file without sha256"))?, backup });
+        files.push(RecordedFile {
+            path: s("path").ok_or_else(|| bad("a file without a path"))?.into(),
+            sha256: s("sha256").ok_or_else(|| bad("a file without sha256"))?,
+            backup,
+        });
     }
-    let dirs = doc.get("created_dirs").and_then(Item::as_array).map(|a| a.iter().filter_map(|v| v.as_str()).map(PathBuf::from).collect()).unwrap_or_default();
+    let dirs = doc
+        .get("created_dirs")
+        .and_then(Item::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_str()).map(PathBuf::from).collect())
+        .unwrap_or_default();
     Ok(Some((files, dirs)))
 }
 
@@ -278,7 +297,10 @@ pub fn unwire(cfg: &Path) -> Result<Outcome> {
     for f in &files {
         let now = read_if_exists(&f.path)?;
         if now.as_deref().map(sha256).as_deref() != Some(f.sha256.as_str()) {
-            return Err(WiringError::Changed { path: f.path.clone(), backup: f.backup.as_ref().map(|b| b.0.clone()).unwrap_or_else(|| PathBuf::from("(none: wire created it)")) });
+            return Err(WiringError::Changed {
+                path: f.path.clone(),
+                backup: f.backup.as_ref().map(|b| b.0.clone()).unwrap_or_else(|| PathBuf::from("(none: wire created it)")),
+            });
         }
         if let Some((b, _)) = &f.backup {
             fs::metadata(b).map_err(io(b))?;
@@ -390,7 +412,11 @@ mod tests {
     fn bad_configs_are_refused_untouched() {
         let d = scratch("bad");
         let cfg = d.join("config.toml");
-        for (text, want) in [("version = 2\n[plugins\n", "not valid TOML"), ("[plugins.cri]\nx = 1\n", "no version"), ("version = 2\nimports = 3\n[plugins]\n", "")] {
+        for (text, want) in [
+            ("version = 2\n[plugins\n", "not valid TOML"),
+            ("[plugins.cri]\nx = 1\n", "no version"),
+            ("version = 2\nimports = 3\n[plugins]\n", ""),
+        ] {
             fs::write(&cfg, text).expect("write");
             let r = wire(&opts(&cfg));
             if want.is_empty() {

@@ -7,8 +7,7 @@ use super::production::block_on;
 use super::*;
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
-    CreateTaskRequest, DeleteProcessRequest, ExecProcessRequest, GetRequest, KillRequest,
-    ResizePtyRequest, StartRequest,
+    CreateTaskRequest, DeleteProcessRequest, ExecProcessRequest, GetRequest, KillRequest, ResizePtyRequest, StartRequest,
 };
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{Code, Request};
@@ -23,18 +22,12 @@ pub struct ApiError {
 pub type ApiResult<T> = Result<T, ApiError>;
 
 fn transport(what: String) -> ApiError {
-    ApiError {
-        code: Code::Unavailable,
-        message: what,
-    }
+    ApiError { code: Code::Unavailable, message: what }
 }
 
 /// A gRPC status as an [`ApiError`].
 pub fn status(s: containerd_client::tonic::Status) -> ApiError {
-    ApiError {
-        code: s.code(),
-        message: s.message().to_string(),
-    }
+    ApiError { code: s.code(), message: s.message().to_string() }
 }
 
 /// Runs `f` with a fresh channel to the containerd socket `sock` (its own
@@ -46,9 +39,7 @@ where
 {
     let sock = sock.to_path_buf();
     block_on(timeout, async move {
-        let ch = containerd_client::connect(&sock)
-            .await
-            .map_err(|e| transport(format!("connect {}: {e}", sock.display())))?;
+        let ch = containerd_client::connect(&sock).await.map_err(|e| transport(format!("connect {}: {e}", sock.display())))?;
         f(ch).await
     })
     .unwrap_or_else(|| Err(transport(format!("no answer within {timeout:?}"))))
@@ -82,10 +73,7 @@ impl Api<'_> {
             exec_id: exec_id.into(),
             stdout: stdout.into(),
             terminal,
-            spec: Some(prost_types::Any {
-                type_url: PROCESS_TYPE_URL.into(),
-                value: spec.to_vec(),
-            }),
+            spec: Some(prost_types::Any { type_url: PROCESS_TYPE_URL.into(), value: spec.to_vec() }),
             ..Default::default()
         };
         let ns = self.ns();
@@ -97,10 +85,7 @@ impl Api<'_> {
 
     /// Tasks.Start of the init (`exec_id` empty) or an exec: its pid.
     pub fn start(&self, id: &str, exec_id: &str) -> ApiResult<u32> {
-        let req = StartRequest {
-            container_id: id.into(),
-            exec_id: exec_id.into(),
-        };
+        let req = StartRequest { container_id: id.into(), exec_id: exec_id.into() };
         let ns = self.ns();
         with_tasks(self.cd, Duration::from_secs(60), |mut t| async move {
             let r = t.start(containerd_client::with_namespace!(req, ns)).await.map_err(status)?;
@@ -110,10 +95,7 @@ impl Api<'_> {
 
     /// Tasks.Get: (status name, pid, exit status) of the init or an exec.
     pub fn get(&self, id: &str, exec_id: &str) -> ApiResult<(String, u32, u32)> {
-        let req = GetRequest {
-            container_id: id.into(),
-            exec_id: exec_id.into(),
-        };
+        let req = GetRequest { container_id: id.into(), exec_id: exec_id.into() };
         let ns = self.ns();
         let what = format!("Tasks.Get {id} {exec_id}");
         with_tasks(self.cd, Duration::from_secs(20), |mut t| async move {
@@ -132,12 +114,7 @@ impl Api<'_> {
 
     /// Tasks.Kill.
     pub fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> ApiResult<()> {
-        let req = KillRequest {
-            container_id: id.into(),
-            exec_id: exec_id.into(),
-            signal,
-            all,
-        };
+        let req = KillRequest { container_id: id.into(), exec_id: exec_id.into(), signal, all };
         let ns = self.ns();
         with_tasks(self.cd, Duration::from_secs(30), |mut t| async move {
             t.kill(containerd_client::with_namespace!(req, ns)).await.map_err(status)?;
@@ -147,10 +124,7 @@ impl Api<'_> {
 
     /// Tasks.DeleteProcess of an exec: its exit status.
     pub fn delete_exec(&self, id: &str, exec_id: &str) -> ApiResult<u32> {
-        let req = DeleteProcessRequest {
-            container_id: id.into(),
-            exec_id: exec_id.into(),
-        };
+        let req = DeleteProcessRequest { container_id: id.into(), exec_id: exec_id.into() };
         let ns = self.ns();
         with_tasks(self.cd, Duration::from_secs(30), |mut t| async move {
             let r = t.delete_process(containerd_client::with_namespace!(req, ns)).await.map_err(status)?;
@@ -161,12 +135,7 @@ impl Api<'_> {
     /// Tasks.Create for an existing container (`ctr container create`), with
     /// `stdout` as its only stdio: the init's pid.
     pub fn create_task(&self, id: &str, stdout: &str, terminal: bool) -> ApiResult<u32> {
-        let req = CreateTaskRequest {
-            container_id: id.into(),
-            stdout: stdout.into(),
-            terminal,
-            ..Default::default()
-        };
+        let req = CreateTaskRequest { container_id: id.into(), stdout: stdout.into(), terminal, ..Default::default() };
         let ns = self.ns();
         with_tasks(self.cd, Duration::from_secs(60), |mut t| async move {
             let r = t.create(containerd_client::with_namespace!(req, ns)).await.map_err(status)?;
@@ -176,12 +145,7 @@ impl Api<'_> {
 
     /// Tasks.ResizePty.
     pub fn resize(&self, id: &str, exec_id: &str, width: u32, height: u32) -> ApiResult<()> {
-        let req = ResizePtyRequest {
-            container_id: id.into(),
-            exec_id: exec_id.into(),
-            width,
-            height,
-        };
+        let req = ResizePtyRequest { container_id: id.into(), exec_id: exec_id.into(), width, height };
         let ns = self.ns();
         with_tasks(self.cd, Duration::from_secs(20), |mut t| async move {
             t.resize_pty(containerd_client::with_namespace!(req, ns)).await.map_err(status)?;

@@ -35,10 +35,7 @@ fn with_file_lock<T>(lock: &Path, f: impl FnOnce() -> T) -> T {
 
 /// The last non-empty line of a script's stdout.
 fn last_line(out: &str) -> Option<String> {
-    out.lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty())
-        .map(str::to_string)
+    out.lines().map(str::trim).rfind(|l| !l.is_empty()).map(str::to_string)
 }
 
 /// A working CRIU: runs `scripts/install-criu.sh` once per test binary (and
@@ -59,23 +56,13 @@ pub fn criu() -> Result<PathBuf, String> {
                 "{} failed (code {:?}{}): {}",
                 script.display(),
                 o.code,
-                if o.timed_out {
-                    ", timed out after 900s"
-                } else {
-                    ""
-                },
+                if o.timed_out { ", timed out after 900s" } else { "" },
                 truncate(o.err().trim(), 3000)
             ));
         }
-        let path = last_line(&o.out())
-            .map(PathBuf::from)
-            .ok_or_else(|| format!("{} printed no path", script.display()))?;
+        let path = last_line(&o.out()).map(PathBuf::from).ok_or_else(|| format!("{} printed no path", script.display()))?;
         if !path.is_file() {
-            return Err(format!(
-                "{} printed {}, which is not a file",
-                script.display(),
-                path.display()
-            ));
+            return Err(format!("{} printed {}, which is not a file", script.display(), path.display()));
         }
         Ok(path)
     })
@@ -94,11 +81,7 @@ pub fn oci_image_tar() -> PathBuf {
         });
         assert!(o.ok(), "{} failed: {}", script.display(), o.describe());
         let p = PathBuf::from(last_line(&o.out()).expect("make-image.sh printed no path"));
-        assert!(
-            p.is_file(),
-            "make-image.sh printed {}, not a file",
-            p.display()
-        );
+        assert!(p.is_file(), "make-image.sh printed {}, not a file", p.display());
         p
     })
     .clone()
@@ -107,20 +90,13 @@ pub fn oci_image_tar() -> PathBuf {
 /// The cgroup v1 directory of `pid` for `controller` ("memory", "pids",
 /// "freezer", ...), from /proc/<pid>/cgroup. Panics when there is none.
 pub fn cgroup_v1_dir(pid: u32, controller: &str) -> PathBuf {
-    let s = fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .unwrap_or_else(|e| panic!("read /proc/{pid}/cgroup: {e}"));
+    let s = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_else(|e| panic!("read /proc/{pid}/cgroup: {e}"));
     for l in s.lines() {
         let mut f = l.splitn(3, ':');
         let (_, ctrls, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
         if ctrls.split(',').any(|c| c == controller) {
-            let dir = Path::new("/sys/fs/cgroup")
-                .join(ctrls)
-                .join(path.trim_start_matches('/'));
-            assert!(
-                dir.is_dir(),
-                "cgroup {} of pid {pid} (from /proc/{pid}/cgroup: {l:?}) does not exist",
-                dir.display()
-            );
+            let dir = Path::new("/sys/fs/cgroup").join(ctrls).join(path.trim_start_matches('/'));
+            assert!(dir.is_dir(), "cgroup {} of pid {pid} (from /proc/{pid}/cgroup: {l:?}) does not exist", dir.display());
             return dir;
         }
     }
@@ -129,10 +105,7 @@ pub fn cgroup_v1_dir(pid: u32, controller: &str) -> PathBuf {
 
 /// A cgroup file as a trimmed string.
 pub fn cgroup_read(dir: &Path, file: &str) -> String {
-    fs::read_to_string(dir.join(file))
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.join(file).display()))
-        .trim()
-        .to_string()
+    fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("read {}: {e}", dir.join(file).display())).trim().to_string()
 }
 
 impl Containerd {
@@ -142,8 +115,7 @@ impl Containerd {
     pub fn add_bin(&self, name: &str, target: &Path) {
         let link = self.bin_dir.join(name);
         let _ = fs::remove_file(&link);
-        std::os::unix::fs::symlink(target, &link)
-            .unwrap_or_else(|e| panic!("symlink {} -> {}: {e}", link.display(), target.display()));
+        std::os::unix::fs::symlink(target, &link).unwrap_or_else(|e| panic!("symlink {} -> {}: {e}", link.display(), target.display()));
     }
 
     /// Imports the image of `scripts/make-image.sh` into this containerd
@@ -159,19 +131,9 @@ impl Containerd {
         }
         args.push(&tar);
         let o = self.ctr_timeout(&args, Duration::from_secs(120));
-        assert!(
-            o.ok(),
-            "[{}] ctr images import: {}\n{}",
-            self.line.name(),
-            o.describe(),
-            self.log_tail(30)
-        );
+        assert!(o.ok(), "[{}] ctr images import: {}\n{}", self.line.name(), o.describe(), self.log_tail(30));
         let ls = self.ctr_ok(&["images", "ls", "-q"]);
-        assert!(
-            ls.lines().any(|l| l.trim() == TEST_IMAGE),
-            "[{}] {TEST_IMAGE} not listed after import: {ls}",
-            self.line.name()
-        );
+        assert!(ls.lines().any(|l| l.trim() == TEST_IMAGE), "[{}] {TEST_IMAGE} not listed after import: {ls}", self.line.name());
         TEST_IMAGE.to_string()
     }
 }

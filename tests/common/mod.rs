@@ -68,9 +68,9 @@ pub fn direct<R>(f: impl FnOnce() -> R) -> R {
 
 pub mod api;
 pub mod control;
-pub mod scenario;
 pub mod production;
 pub mod robust;
+pub mod scenario;
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -161,11 +161,7 @@ impl Line {
     pub fn check_installed(self) {
         for p in [self.containerd(), self.ctr(), self.runc_shim()] {
             if !is_executable(&p) {
-                panic!(
-                    "{} is missing ({} not found or not executable): run `scripts/install-deps.sh` first",
-                    self.name(),
-                    p.display()
-                );
+                panic!("{} is missing ({} not found or not executable): run `scripts/install-deps.sh` first", self.name(), p.display());
             }
         }
         for p in ["/bin/busybox", "/usr/sbin/runc"] {
@@ -177,9 +173,7 @@ impl Line {
 }
 
 fn is_executable(p: &Path) -> bool {
-    fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 // ---------------------------------------------------------------------------
@@ -216,11 +210,7 @@ impl Output {
             "`{}` -> code {:?}{} after {:?}\n--- stdout ({} bytes) ---\n{}\n--- stderr ---\n{}",
             self.what,
             self.code,
-            if self.timed_out {
-                " (TIMED OUT, killed)"
-            } else {
-                ""
-            },
+            if self.timed_out { " (TIMED OUT, killed)" } else { "" },
             self.elapsed,
             self.stdout.len(),
             truncate(&self.out(), 4000),
@@ -294,17 +284,9 @@ pub fn run_cmd(cmd: Command, stdin: Option<Vec<u8>>, timeout: Duration) -> Outpu
 /// [`run_cmd`] with any [`Input`].
 pub fn run_cmd_input(mut cmd: Command, input: Input, timeout: Duration) -> Output {
     let what = describe_cmd(&cmd);
-    cmd.stdin(if matches!(input, Input::Null) {
-        Stdio::null()
-    } else {
-        Stdio::piped()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    cmd.stdin(if matches!(input, Input::Null) { Stdio::null() } else { Stdio::piped() }).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start `{what}`: {e}"));
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start `{what}`: {e}"));
     match input {
         Input::Null => {}
         Input::Bytes(data) => {
@@ -326,14 +308,7 @@ pub fn run_cmd_input(mut cmd: Command, input: Input, timeout: Duration) -> Outpu
     let grace = Duration::from_secs(5);
     let stdout = rx_out.recv_timeout(grace).unwrap_or_default();
     let stderr = rx_err.recv_timeout(grace).unwrap_or_default();
-    Output {
-        what,
-        code: status.and_then(|s| s.code()),
-        stdout,
-        stderr,
-        timed_out,
-        elapsed: start.elapsed(),
-    }
+    Output { what, code: status.and_then(|s| s.code()), stdout, stderr, timed_out, elapsed: start.elapsed() }
 }
 
 fn read_all_bg<R: Read + Send + 'static>(mut r: R) -> mpsc::Receiver<Vec<u8>> {
@@ -374,9 +349,7 @@ pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T>
 pub fn rootfs() -> PathBuf {
     static DONE: OnceLock<PathBuf> = OnceLock::new();
     DONE.get_or_init(|| {
-        let dir = std::env::var_os("KEEL_ROOTFS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(ROOTFS_DIR));
+        let dir = std::env::var_os("KEEL_ROOTFS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(ROOTFS_DIR));
         let made = |d: &Path| is_executable(&d.join("bin/busybox")) && d.join("bin/sh").exists();
         if made(&dir) {
             return dir;
@@ -396,11 +369,7 @@ pub fn rootfs() -> PathBuf {
             if fs::rename(&tmp, &dir).is_err() {
                 let _ = fs::remove_dir_all(&tmp);
             }
-            assert!(
-                made(&dir),
-                "{} exists but has no bin/busybox and bin/sh: remove it and rerun",
-                dir.display()
-            );
+            assert!(made(&dir), "{} exists but has no bin/busybox and bin/sh: remove it and rerun", dir.display());
         }
         // SAFETY: as above.
         unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_UN) };
@@ -410,10 +379,7 @@ pub fn rootfs() -> PathBuf {
 }
 
 fn nanos() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
 }
 
 fn build_rootfs(tmp: &Path) {
@@ -424,10 +390,7 @@ fn build_rootfs(tmp: &Path) {
     fs::set_permissions(tmp.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
     fs::copy("/bin/busybox", tmp.join("bin/busybox")).expect("copy /bin/busybox");
     fs::set_permissions(tmp.join("bin/busybox"), fs::Permissions::from_mode(0o755)).unwrap();
-    let list = Command::new("/bin/busybox")
-        .arg("--list")
-        .output()
-        .expect("busybox --list");
+    let list = Command::new("/bin/busybox").arg("--list").output().expect("busybox --list");
     assert!(list.status.success(), "busybox --list failed");
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         let applet = applet.trim();
@@ -481,11 +444,7 @@ pub const UNUSED_PLUGINS: &[&str] = &[
 ];
 
 fn config_toml() -> String {
-    let list: Vec<String> = CRI_PLUGINS
-        .iter()
-        .chain(UNUSED_PLUGINS)
-        .map(|p| format!("  \"{p}\","))
-        .collect();
+    let list: Vec<String> = CRI_PLUGINS.iter().chain(UNUSED_PLUGINS).map(|p| format!("  \"{p}\",")).collect();
     // `version = 2` is accepted by 1.6 as is and migrated in memory by 2.x
     // (it logs a warning "Configuration migrated from version 2").
     format!(
@@ -526,9 +485,7 @@ pub struct Containerd {
 const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
 
 fn shim_socket_names() -> BTreeSet<String> {
-    fs::read_dir(SHIM_SOCKET_DIR)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default()
+    fs::read_dir(SHIM_SOCKET_DIR).map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
 }
 
 impl Containerd {
@@ -536,11 +493,7 @@ impl Containerd {
     pub fn start(line: Line) -> Containerd {
         line.check_installed();
         let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-keel-v1"));
-        assert!(
-            shim.exists(),
-            "the freshly built shim {} is missing",
-            shim.display()
-        );
+        assert!(shim.exists(), "the freshly built shim {} is missing", shim.display());
 
         let sockets_before = shim_socket_names();
         let n = next_n();
@@ -564,28 +517,15 @@ impl Containerd {
         }
         // The shim under test, and the runc-v2 shim matching this containerd.
         std::os::unix::fs::symlink(&shim, bin_dir.join("containerd-shim-keel-v1")).unwrap();
-        std::os::unix::fs::symlink(line.runc_shim(), bin_dir.join("containerd-shim-runc-v2"))
-            .unwrap();
+        std::os::unix::fs::symlink(line.runc_shim(), bin_dir.join("containerd-shim-runc-v2")).unwrap();
         let config = dir.join("config.toml");
         fs::write(&config, config_toml()).unwrap();
         let sock = dir.join("containerd.sock");
         let log = dir.join("containerd.log");
         let logf = File::create(&log).unwrap();
         let ns = format!("kit-{}-{}", std::process::id(), n);
-        let mut cd = Containerd {
-            line,
-            dir,
-            root,
-            state,
-            sock,
-            log,
-            fifo_dir,
-            bin_dir,
-            ns,
-            child: Mutex::new(None),
-            pid: 0,
-            sockets_before,
-        };
+        let mut cd =
+            Containerd { line, dir, root, state, sock, log, fifo_dir, bin_dir, ns, child: Mutex::new(None), pid: 0, sockets_before };
         cd.spawn_daemon(logf);
         cd.wait_answering("start", Duration::from_secs(20));
         cd.ctr_ok(&["namespaces", "create", &cd.ns.clone()]);
@@ -617,9 +557,7 @@ impl Containerd {
             .current_dir(&self.dir);
         // Its own process group: a Ctrl-C on `cargo test` does not hit it first.
         cmd.process_group(0);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.line.containerd().display()));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", self.line.containerd().display()));
         self.pid = child.id() as i32;
         *self.child.lock().unwrap() = Some(child);
     }
@@ -629,25 +567,14 @@ impl Containerd {
     fn wait_answering(&self, during: &str, limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(st) = self
-                .child
-                .lock()
-                .unwrap()
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(st) = self.child.lock().unwrap().as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("{} exited ({st}) during {during}; log:\n{}", self.line.name(), self.log_tail(60));
             }
             if self.sock.exists() && self.ctr_raw(None, &["version"], None, Duration::from_secs(5)).ok() {
                 return;
             }
             if Instant::now() >= deadline {
-                panic!(
-                    "{} did not answer within {}s of its {during}; log:\n{}",
-                    self.line.name(),
-                    limit.as_secs(),
-                    self.log_tail(60)
-                );
+                panic!("{} did not answer within {}s of its {during}; log:\n{}", self.line.name(), limit.as_secs(), self.log_tail(60));
             }
             thread::sleep(Duration::from_millis(10));
         }
@@ -664,13 +591,7 @@ impl Containerd {
     }
 
     /// Runs ctr against this containerd in namespace `ns` (`None`: no `-n`).
-    pub fn ctr_raw(
-        &self,
-        ns: Option<&str>,
-        args: &[&str],
-        stdin: Option<Vec<u8>>,
-        timeout: Duration,
-    ) -> Output {
+    pub fn ctr_raw(&self, ns: Option<&str>, args: &[&str], stdin: Option<Vec<u8>>, timeout: Duration) -> Output {
         run_cmd(self.ctr_in(ns, args), stdin, timeout)
     }
 
@@ -689,12 +610,7 @@ impl Containerd {
     }
 
     /// ctr with stdin fed by `feed` (see [`Input::Feed`]).
-    pub fn ctr_feed(
-        &self,
-        args: &[&str],
-        feed: Box<dyn FnOnce(std::process::ChildStdin) + Send>,
-        timeout: Duration,
-    ) -> Output {
+    pub fn ctr_feed(&self, args: &[&str], feed: Box<dyn FnOnce(std::process::ChildStdin) + Send>, timeout: Duration) -> Output {
         let mut cmd = Command::new(self.line.ctr());
         cmd.arg("--address")
             .arg(&self.sock)
@@ -740,11 +656,7 @@ impl Containerd {
     pub fn ctr_ok(&self, args: &[&str]) -> String {
         let o = self.ctr(args);
         if !o.ok() {
-            panic!(
-                "ctr failed: {}\n--- containerd log tail ---\n{}",
-                o.describe(),
-                self.log_tail(30)
-            );
+            panic!("ctr failed: {}\n--- containerd log tail ---\n{}", o.describe(), self.log_tail(30));
         }
         o.out()
     }
@@ -752,9 +664,7 @@ impl Containerd {
     /// ctr in the background (e.g. `ctr events`), stdout piped, stderr to a file.
     pub fn ctr_spawn(&self, ns: Option<&str>, args: &[&str]) -> Child {
         let mut cmd = self.ctr_in(ns, args);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
         cmd.spawn().expect("spawn ctr")
     }
 
@@ -771,10 +681,7 @@ impl Containerd {
         if let Some(ns) = ns {
             cmd.arg("--namespace").arg(ns);
         }
-        cmd.args(args)
-            .env_remove("CONTAINERD_ADDRESS")
-            .env_remove("CONTAINERD_NAMESPACE")
-            .env_remove("CONTAINERD_SNAPSHOTTER");
+        cmd.args(args).env_remove("CONTAINERD_ADDRESS").env_remove("CONTAINERD_NAMESPACE").env_remove("CONTAINERD_SNAPSHOTTER");
         cmd
     }
 
@@ -787,12 +694,7 @@ impl Containerd {
         loop {
             let token = unique("sync");
             let label = format!("keel.test/events-sync={token}");
-            self.ctr_raw(
-                None,
-                &["namespaces", "label", &self.ns, &label],
-                None,
-                Duration::from_secs(10),
-            );
+            self.ctr_raw(None, &["namespaces", "label", &self.ns, &label], None, Duration::from_secs(10));
             let ns = self.ns.clone();
             let seen = w.wait_for(
                 |e| {
@@ -813,10 +715,7 @@ impl Containerd {
 
     /// Bundle directory containerd gives the shim for `id` in namespace `ns`.
     pub fn bundle_dir(&self, ns: &str, id: &str) -> PathBuf {
-        self.state
-            .join("io.containerd.runtime.v2.task")
-            .join(ns)
-            .join(id)
+        self.state.join("io.containerd.runtime.v2.task").join(ns).join(id)
     }
 
     /// The shim's ttrpc socket for a task, and the task API version, read from
@@ -832,20 +731,13 @@ impl Containerd {
         let needle = self.sock.to_string_lossy().into_owned();
         procs()
             .into_iter()
-            .filter(|p| {
-                p.pid != self.pid
-                    && p.is_shim()
-                    && (p.cmdline.contains(&needle) || p.environ.contains(&needle))
-            })
+            .filter(|p| p.pid != self.pid && p.is_shim() && (p.cmdline.contains(&needle) || p.environ.contains(&needle)))
             .collect()
     }
 
     /// Shim processes of this containerd started for container `id`.
     pub fn shim_procs_for(&self, id: &str) -> Vec<ProcInfo> {
-        self.shim_procs()
-            .into_iter()
-            .filter(|p| p.args.windows(2).any(|w| w[0] == "-id" && w[1] == id))
-            .collect()
+        self.shim_procs().into_iter().filter(|p| p.args.windows(2).any(|w| w[0] == "-id" && w[1] == id)).collect()
     }
 
     /// Mount points at or below this containerd's private directory.
@@ -854,27 +746,15 @@ impl Containerd {
     }
 
     fn namespaces(&self) -> Vec<String> {
-        let o = self.ctr_raw(
-            None,
-            &["namespaces", "ls", "-q"],
-            None,
-            Duration::from_secs(10),
-        );
-        o.out()
-            .lines()
-            .map(|l| l.trim().to_string())
-            .filter(|l| !l.is_empty())
-            .collect()
+        let o = self.ctr_raw(None, &["namespaces", "ls", "-q"], None, Duration::from_secs(10));
+        o.out().lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
     }
 
     /// Directories that name the namespaces of this containerd (even when it is gone).
     fn namespaces_on_disk(&self) -> BTreeSet<String> {
         let mut set = BTreeSet::new();
         set.insert(self.ns.clone());
-        for base in [
-            self.state.join("io.containerd.runtime.v2.task"),
-            self.root.join("io.containerd.runtime.v2.task"),
-        ] {
+        for base in [self.state.join("io.containerd.runtime.v2.task"), self.root.join("io.containerd.runtime.v2.task")] {
             if let Ok(rd) = fs::read_dir(base) {
                 for e in rd.flatten() {
                     set.insert(e.file_name().to_string_lossy().into_owned());
@@ -905,24 +785,13 @@ impl Containerd {
         let quick = Duration::from_secs(10);
         let shim_sockets = self.shim_sockets();
         let mut namespaces = self.namespaces_on_disk();
-        let alive = self
-            .child
-            .lock()
-            .unwrap()
-            .as_mut()
-            .map(|c| matches!(c.try_wait(), Ok(None)))
-            .unwrap_or(false);
+        let alive = self.child.lock().unwrap().as_mut().map(|c| matches!(c.try_wait(), Ok(None))).unwrap_or(false);
         if alive {
             for ns in self.namespaces() {
                 namespaces.insert(ns.clone());
                 let tasks = self.ctr_raw(Some(&ns), &["tasks", "ls", "-q"], None, quick);
                 for id in tasks.out().lines().map(str::trim).filter(|l| !l.is_empty()) {
-                    self.ctr_raw(
-                        Some(&ns),
-                        &["tasks", "kill", "-a", "-s", "SIGKILL", id],
-                        None,
-                        quick,
-                    );
+                    self.ctr_raw(Some(&ns), &["tasks", "kill", "-a", "-s", "SIGKILL", id], None, quick);
                     let o = self.ctr_raw(Some(&ns), &["tasks", "delete", "-f", id], None, quick);
                     if !o.ok() {
                         eprintln!("cleanup: {}", o.describe());
@@ -959,9 +828,7 @@ impl Containerd {
             }
         }
         if !leftovers.is_empty() {
-            poll(Duration::from_secs(3), || {
-                leftovers.iter().all(|p| !pid_alive(p.pid)).then_some(())
-            });
+            poll(Duration::from_secs(3), || leftovers.iter().all(|p| !pid_alive(p.pid)).then_some(()));
         }
         // Leftover runtime state and container processes in our namespaces.
         for ns in &namespaces {
@@ -971,9 +838,7 @@ impl Containerd {
                     let id = e.file_name().to_string_lossy().into_owned();
                     eprintln!("cleanup: leftover runtime state {}", e.path().display());
                     let mut cmd = Command::new("/usr/sbin/runc");
-                    cmd.arg("--root")
-                        .arg(&nsdir)
-                        .args(["delete", "--force", &id]);
+                    cmd.arg("--root").arg(&nsdir).args(["delete", "--force", &id]);
                     let o = run_cmd(cmd, None, quick);
                     if !o.ok() {
                         eprintln!("cleanup: {}", o.describe());
@@ -999,10 +864,7 @@ impl Containerd {
             }
         }
         for s in shim_sockets {
-            if fs::symlink_metadata(&s)
-                .map(|m| m.file_type().is_socket())
-                .unwrap_or(false)
-            {
+            if fs::symlink_metadata(&s).map(|m| m.file_type().is_socket()).unwrap_or(false) {
                 let _ = fs::remove_file(&s);
             }
         }
@@ -1029,17 +891,11 @@ impl Containerd {
         }
         let left = self.mounts();
         if !left.is_empty() {
-            eprintln!(
-                "cleanup: mounts remain below {}, keeping it: {left:?}",
-                self.dir.display()
-            );
+            eprintln!("cleanup: mounts remain below {}, keeping it: {left:?}", self.dir.display());
             return;
         }
         if std::env::var_os("KEEL_KEEP_TEST_DIRS").is_some() && thread::panicking() {
-            eprintln!(
-                "cleanup: keeping {} (KEEL_KEEP_TEST_DIRS)",
-                self.dir.display()
-            );
+            eprintln!("cleanup: keeping {} (KEEL_KEEP_TEST_DIRS)", self.dir.display());
             return;
         }
         if let Err(e) = fs::remove_dir_all(&self.dir) {
@@ -1051,12 +907,7 @@ impl Containerd {
 impl Drop for Containerd {
     fn drop(&mut self) {
         if thread::panicking() {
-            eprintln!(
-                "=== {} log tail ({}) ===\n{}\n=== end of log ===",
-                self.line.name(),
-                self.log.display(),
-                self.log_tail(80)
-            );
+            eprintln!("=== {} log tail ({}) ===\n{}\n=== end of log ===", self.line.name(), self.log.display(), self.log_tail(80));
         }
         self.cleanup();
     }
@@ -1098,16 +949,8 @@ impl ProcInfo {
     /// argv[0] or the executable's name starts with `containerd-shim`.
     pub fn is_shim(&self) -> bool {
         let base = |p: &OsStr| p.to_string_lossy().starts_with("containerd-shim");
-        self.args
-            .first()
-            .map(|a| base(Path::new(a).file_name().unwrap_or_default()))
-            .unwrap_or(false)
-            || self
-                .exe
-                .as_ref()
-                .and_then(|e| e.file_name())
-                .map(base)
-                .unwrap_or(false)
+        self.args.first().map(|a| base(Path::new(a).file_name().unwrap_or_default())).unwrap_or(false)
+            || self.exe.as_ref().and_then(|e| e.file_name()).map(base).unwrap_or(false)
     }
 }
 
@@ -1128,22 +971,10 @@ pub fn procs() -> Vec<ProcInfo> {
         if raw.is_empty() {
             continue; // kernel thread or zombie
         }
-        let args: Vec<String> = raw
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let environ = fs::read(base.join("environ"))
-            .map(|e| String::from_utf8_lossy(&e).replace('\0', "\n"))
-            .unwrap_or_default();
+        let args: Vec<String> = raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let environ = fs::read(base.join("environ")).map(|e| String::from_utf8_lossy(&e).replace('\0', "\n")).unwrap_or_default();
         let exe = fs::read_link(base.join("exe")).ok();
-        out.push(ProcInfo {
-            pid,
-            cmdline: args.join(" "),
-            args,
-            environ,
-            exe,
-        });
+        out.push(ProcInfo { pid, cmdline: args.join(" "), args, environ, exe });
     }
     out
 }
@@ -1153,10 +984,7 @@ pub fn pid_alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => {
             // state is the field after the ")" that closes comm
-            let state = s
-                .rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().next())
-                .unwrap_or("");
+            let state = s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()).unwrap_or("");
             state != "Z" && state != "X"
         }
         Err(_) => false,
@@ -1169,10 +997,7 @@ fn unescape_mount(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -1237,19 +1062,12 @@ impl Event {
         let topic = toks[ti].to_string();
         let rest = toks[ti + 1..].join(" ");
         let payload = serde_json::from_str(rest.trim()).unwrap_or(serde_json::Value::String(rest));
-        Some(Event {
-            namespace,
-            topic,
-            payload,
-            raw: line.to_string(),
-        })
+        Some(Event { namespace, topic, payload, raw: line.to_string() })
     }
 
     /// `container_id` of task events, `id` of container events.
     pub fn container_id(&self) -> Option<&str> {
-        self.payload["container_id"]
-            .as_str()
-            .or_else(|| self.payload["id"].as_str())
+        self.payload["container_id"].as_str().or_else(|| self.payload["id"].as_str())
     }
 }
 
@@ -1292,10 +1110,7 @@ impl EventsWatcher {
                 }
             }
         });
-        EventsWatcher {
-            child,
-            handle: EventsHandle { shared, lines },
-        }
+        EventsWatcher { child, handle: EventsHandle { shared, lines } }
     }
 
     /// A handle for another thread.
@@ -1334,12 +1149,8 @@ impl EventsHandle {
 
     /// Like `wait_for`, panicking with what was seen when nothing matches.
     pub fn expect(&self, what: &str, pred: impl Fn(&Event) -> bool, timeout: Duration) -> Event {
-        self.wait_for(pred, timeout).unwrap_or_else(|| {
-            panic!(
-                "no event {what} within {timeout:?}; events seen:\n{}",
-                self.lines().join("\n")
-            )
-        })
+        self.wait_for(pred, timeout)
+            .unwrap_or_else(|| panic!("no event {what} within {timeout:?}; events seen:\n{}", self.lines().join("\n")))
     }
 }
 
@@ -1368,22 +1179,9 @@ impl PtyProc {
         let what = describe_cmd(&cmd);
         let mut master: libc::c_int = -1;
         let mut slave: libc::c_int = -1;
-        let ws = libc::winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
+        let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
         // SAFETY: openpty fills two fds; the winsize pointer is valid.
-        let r = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                &ws,
-            )
-        };
+        let r = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &ws) };
         assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
         // SAFETY: fds fresh from openpty, owned from here on.
         let master = unsafe { OwnedFd::from_raw_fd(master) };
@@ -1405,9 +1203,7 @@ impl PtyProc {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn `{what}` on a pty: {e}"));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn `{what}` on a pty: {e}"));
         drop(cmd); // closes the parent's copies of the slave
         drop(slave);
         let master = File::from(master);
@@ -1425,12 +1221,7 @@ impl PtyProc {
                 }
             }
         });
-        PtyProc {
-            master,
-            child,
-            buf,
-            what,
-        }
+        PtyProc { master, child, buf, what }
     }
 
     /// Everything the pty printed so far (CRs removed).
@@ -1445,12 +1236,7 @@ impl PtyProc {
 
     /// Sets the pty size; the kernel sends SIGWINCH to the foreground process group (ctr).
     pub fn resize(&self, rows: u16, cols: u16) {
-        let ws = libc::winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
+        let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
         // SAFETY: ioctl with a valid winsize on our master fd.
         let r = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
         assert_eq!(r, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
@@ -1515,13 +1301,7 @@ impl Containerd {
     /// `Task.ResizePty` sent straight to the shim of `id` (ctr has no resize
     /// command; containerd forwards the same request unchanged).
     pub fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<(), robust::RpcStatus> {
-        let req = robust::pb::ResizePtyRequest {
-            id: id.into(),
-            exec_id: exec_id.into(),
-            width,
-            height,
-            ..Default::default()
-        };
+        let req = robust::pb::ResizePtyRequest { id: id.into(), exec_id: exec_id.into(), width, height, ..Default::default() };
         match robust::Shim::of(self, id).call_timeout(&req, Duration::from_secs(10)) {
             robust::Rpc::Ok(_) => Ok(()),
             robust::Rpc::Err(st) => Err(st),
@@ -1532,15 +1312,7 @@ impl Containerd {
 
 /// md5 of `data` as hex, by the host's `md5sum`.
 pub fn md5_hex(data: &[u8]) -> String {
-    let o = run_cmd(
-        Command::new("md5sum"),
-        Some(data.to_vec()),
-        Duration::from_secs(30),
-    );
+    let o = run_cmd(Command::new("md5sum"), Some(data.to_vec()), Duration::from_secs(30));
     assert!(o.ok(), "md5sum: {}", o.describe());
-    o.out()
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
+    o.out().split_whitespace().next().unwrap_or_default().to_string()
 }

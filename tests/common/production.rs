@@ -28,12 +28,7 @@ pub fn daemon_pid(cd: &Containerd) -> i32 {
 
 /// containerd is running (not exited, not a zombie).
 pub fn daemon_alive(cd: &Containerd) -> bool {
-    cd.child
-        .lock()
-        .unwrap()
-        .as_mut()
-        .map(|c| matches!(c.try_wait(), Ok(None)))
-        .unwrap_or(false)
+    cd.child.lock().unwrap().as_mut().map(|c| matches!(c.try_wait(), Ok(None))).unwrap_or(false)
 }
 
 /// SIGKILLs containerd and reaps it. Shims live on: each runs in its own session.
@@ -57,16 +52,8 @@ pub fn stop_daemon(cd: &Containerd) {
 /// same config file, root, state, socket and PATH, appending to the same log;
 /// waits until it answers `ctr version`.
 pub fn restart(cd: &mut Containerd) {
-    assert!(
-        !daemon_alive(cd),
-        "restart: {} is still running",
-        cd.line.name()
-    );
-    let logf = fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&cd.log)
-        .expect("open containerd log");
+    assert!(!daemon_alive(cd), "restart: {} is still running", cd.line.name());
+    let logf = fs::OpenOptions::new().append(true).create(true).open(&cd.log).expect("open containerd log");
     let _ = writeln!(&logf, "===== keel test: containerd restarted =====");
     cd.spawn_daemon(logf);
     cd.wait_answering("restart", Duration::from_secs(30));
@@ -94,8 +81,6 @@ pub fn log_since(cd: &Containerd, offset: usize) -> String {
     let b = fs::read(&cd.log).unwrap_or_default();
     String::from_utf8_lossy(&b[offset.min(b.len())..]).into_owned()
 }
-
-/// `ctr task ls` as (id, pid, status).
 
 /// Pids of the direct children of `pid` (from /proc/PID/task/*/children).
 pub fn children_of(pid: u32) -> Vec<u32> {
@@ -150,10 +135,7 @@ pub fn crun_compat_log(cd: &Containerd) -> PathBuf {
 /// stdin/stdout/stderr and the pid are crun's own (`exec` all the way down),
 /// so the shim sees exactly what it would see with crun.
 pub fn crun_compat(cd: &Containerd) -> PathBuf {
-    assert!(
-        is_executable(Path::new(CRUN_BIN)),
-        "{CRUN_BIN} is missing: run `scripts/install-deps.sh` first"
-    );
+    assert!(is_executable(Path::new(CRUN_BIN)), "{CRUN_BIN} is missing: run `scripts/install-deps.sh` first");
     let p = cd.dir.join("crun-compat");
     if p.exists() {
         return p;
@@ -204,11 +186,7 @@ pub fn crun_options(cd: &Containerd) -> PathBuf {
 
 /// crun invocations recorded by the wrapper: (argument line) each.
 pub fn crun_calls(cd: &Containerd) -> Vec<String> {
-    fs::read_to_string(crun_compat_log(cd))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
+    fs::read_to_string(crun_compat_log(cd)).unwrap_or_default().lines().map(str::to_string).collect()
 }
 
 thread_local! {
@@ -250,10 +228,7 @@ pub fn assert_crun_created(cd: &Containerd, tag: &str) {
 
 /// Runs `f` on a fresh current-thread tokio runtime, bounded by `timeout`.
 pub fn block_on<F: std::future::Future>(timeout: Duration, f: F) -> Option<F::Output> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     rt.block_on(async { tokio::time::timeout(timeout, f).await.ok() })
 }
 
@@ -285,53 +260,30 @@ pub fn api_task_get(cd: &Containerd, ns: &str, id: &str) -> Result<ApiProcess, S
     let sock = cd.sock.clone();
     let (ns, id) = (ns.to_string(), id.to_string());
     block_on(Duration::from_secs(20), async move {
-        let ch = containerd_client::connect(&sock)
-            .await
-            .map_err(|e| format!("connect {}: {e}", sock.display()))?;
+        let ch = containerd_client::connect(&sock).await.map_err(|e| format!("connect {}: {e}", sock.display()))?;
         let mut tasks = containerd_client::services::v1::tasks_client::TasksClient::new(ch);
-        let req = GetRequest {
-            container_id: id.clone(),
-            exec_id: String::new(),
-        };
+        let req = GetRequest { container_id: id.clone(), exec_id: String::new() };
         let resp = tasks
             .get(containerd_client::with_namespace!(req, ns))
             .await
             .map_err(|s| format!("Tasks.Get {id}: {:?}: {}", s.code(), s.message()))?;
-        let p = resp
-            .into_inner()
-            .process
-            .ok_or_else(|| format!("Tasks.Get {id}: no process"))?;
-        Ok(ApiProcess {
-            pid: p.pid,
-            status: status_name(p.status),
-            exit_status: p.exit_status,
-        })
+        let p = resp.into_inner().process.ok_or_else(|| format!("Tasks.Get {id}: no process"))?;
+        Ok(ApiProcess { pid: p.pid, status: status_name(p.status), exit_status: p.exit_status })
     })
     .unwrap_or_else(|| Err("Tasks.Get timed out".to_string()))
 }
 
 /// Tasks.Wait for `id` (init when `exec_id` is empty): its exit status.
-pub fn api_task_wait(
-    cd: &Containerd,
-    ns: &str,
-    id: &str,
-    exec_id: &str,
-    timeout: Duration,
-) -> Result<u32, String> {
+pub fn api_task_wait(cd: &Containerd, ns: &str, id: &str, exec_id: &str, timeout: Duration) -> Result<u32, String> {
     use containerd_client::services::v1::WaitRequest;
     use containerd_client::tonic::Request;
     let sock = cd.sock.clone();
     let what = format!("Tasks.Wait {id}");
     let (ns, id, exec_id) = (ns.to_string(), id.to_string(), exec_id.to_string());
     block_on(timeout, async move {
-        let ch = containerd_client::connect(&sock)
-            .await
-            .map_err(|e| format!("connect {}: {e}", sock.display()))?;
+        let ch = containerd_client::connect(&sock).await.map_err(|e| format!("connect {}: {e}", sock.display()))?;
         let mut tasks = containerd_client::services::v1::tasks_client::TasksClient::new(ch);
-        let req = WaitRequest {
-            container_id: id.clone(),
-            exec_id,
-        };
+        let req = WaitRequest { container_id: id.clone(), exec_id };
         let resp = tasks
             .wait(containerd_client::with_namespace!(req, ns))
             .await

@@ -37,12 +37,7 @@ pub fn start_with_env(line: Line, env: &[(&str, &str)]) -> Containerd {
             EXTRA_ENV.with(|e| e.borrow_mut().clear());
         }
     }
-    EXTRA_ENV.with(|e| {
-        *e.borrow_mut() = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    });
+    EXTRA_ENV.with(|e| *e.borrow_mut() = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
     let _reset = Reset;
     Containerd::start(line)
 }
@@ -88,12 +83,7 @@ impl Rig {
         let r = rootfs();
         assert!(r.join("bin/sh").exists());
         let cd = start_with_env(line, env);
-        Rig {
-            cd,
-            line,
-            rt: KEEL_V1,
-            tag: format!("[{} {}]", KEEL_V1, line.name()),
-        }
+        Rig { cd, line, rt: KEEL_V1, tag: format!("[{} {}]", KEEL_V1, line.name()) }
     }
 
     pub fn run_args(&self, flags: &[&str], id: &str, cmd: &[&str]) -> Vec<String> {
@@ -115,8 +105,7 @@ impl Rig {
     }
 
     pub fn run(&self, flags: &[&str], id: &str, cmd: &[&str]) -> Output {
-        self.cd
-            .ctr_timeout(&strs(&self.run_args(flags, id, cmd)), RUN_TIMEOUT)
+        self.cd.ctr_timeout(&strs(&self.run_args(flags, id, cmd)), RUN_TIMEOUT)
     }
 
     /// `ctr run -d` (plus `flags`), must succeed.
@@ -124,13 +113,7 @@ impl Rig {
         let mut f = vec!["-d"];
         f.extend_from_slice(flags);
         let o = self.run(&f, id, cmd);
-        assert!(
-            o.ok(),
-            "{} run -d {id} failed: {}\n{}",
-            self.tag,
-            o.describe(),
-            self.cd.log_tail(30)
-        );
+        assert!(o.ok(), "{} run -d {id} failed: {}\n{}", self.tag, o.describe(), self.cd.log_tail(30));
     }
 
     /// A new container (id from `prefix`) idling in `sleep`, RUNNING when this returns.
@@ -146,8 +129,7 @@ impl Rig {
     }
 
     pub fn exec(&self, flags: &[&str], id: &str, exec_id: &str, cmd: &[&str]) -> Output {
-        self.cd
-            .ctr_timeout(&strs(&self.exec_args(flags, id, exec_id, cmd)), RUN_TIMEOUT)
+        self.cd.ctr_timeout(&strs(&self.exec_args(flags, id, exec_id, cmd)), RUN_TIMEOUT)
     }
 
     /// `ctr task ls` as (id, pid, status).
@@ -156,35 +138,20 @@ impl Rig {
     }
 
     pub fn task(&self, id: &str) -> Option<(u32, String)> {
-        self.tasks()
-            .into_iter()
-            .find(|t| t.0 == id)
-            .map(|t| (t.1, t.2))
+        self.tasks().into_iter().find(|t| t.0 == id).map(|t| (t.1, t.2))
     }
 
     /// Waits until `id` has `status`; returns its pid.
     pub fn wait_status(&self, id: &str, status: &str) -> u32 {
-        poll(STATE_TIMEOUT, || {
-            self.task(id).filter(|t| t.1 == status).map(|t| t.0)
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "{} task {id} not {status} within {STATE_TIMEOUT:?}; task ls:\n{}",
-                self.tag,
-                self.cd.ctr(&["tasks", "ls"]).out()
-            )
+        poll(STATE_TIMEOUT, || self.task(id).filter(|t| t.1 == status).map(|t| t.0)).unwrap_or_else(|| {
+            panic!("{} task {id} not {status} within {STATE_TIMEOUT:?}; task ls:\n{}", self.tag, self.cd.ctr(&["tasks", "ls"]).out())
         })
     }
 
     /// SIGKILL, wait STOPPED, delete task and container (best effort, bounded).
     pub fn kill_delete(&self, id: &str) {
         self.cd.ctr(&["tasks", "kill", "-a", "-s", "SIGKILL", id]);
-        poll(STATE_TIMEOUT, || {
-            self.task(id)
-                .filter(|t| t.1 != "STOPPED")
-                .is_none()
-                .then_some(())
-        });
+        poll(STATE_TIMEOUT, || self.task(id).filter(|t| t.1 != "STOPPED").is_none().then_some(()));
         self.cd.ctr(&["tasks", "delete", "-f", id]);
         self.cd.ctr(&["containers", "delete", id]);
     }
@@ -200,12 +167,7 @@ impl Rig {
     pub fn assert_exec_works(&self, id: &str, why: &str) {
         let eid = unique("alive");
         let o = self.exec(&[], id, &eid, &["sh", "-c", "echo still-alive; exit 3"]);
-        assert!(
-            o.code == Some(3) && o.out() == "still-alive\n",
-            "{} after {why}: exec in {id} does not work: {}",
-            self.tag,
-            o.describe()
-        );
+        assert!(o.code == Some(3) && o.out() == "still-alive\n", "{} after {why}: exec in {id} does not work: {}", self.tag, o.describe());
     }
 
     /// A file holding `toml`, for `ctr run --runtime-config-path`.
@@ -223,10 +185,7 @@ impl Rig {
 
 /// Keel's `/tasks/exit` events (and others) filtered by container.
 pub fn task_events(ev: &EventsHandle, id: &str) -> Vec<Event> {
-    ev.events()
-        .into_iter()
-        .filter(|e| e.topic.starts_with("/tasks/") && e.container_id() == Some(id))
-        .collect()
+    ev.events().into_iter().filter(|e| e.topic.starts_with("/tasks/") && e.container_id() == Some(id)).collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -234,8 +193,8 @@ pub fn task_events(ev: &EventsHandle, id: &str) -> Vec<Event> {
 // ---------------------------------------------------------------------------
 
 pub use containerd_shim_protos::api as pb;
-use containerd_shim_protos::protobuf::{EnumOrUnknown, Message, MessageField};
 use containerd_shim_protos::protobuf::well_known_types::{any::Any, empty::Empty};
+use containerd_shim_protos::protobuf::{EnumOrUnknown, Message, MessageField};
 use containerd_shim_protos::ttrpc;
 
 /// An error status from a ttrpc call: gRPC code and message.
@@ -315,10 +274,7 @@ pub fn rpc(sock: &Path, ns: &str, service: &str, method: &str, payload: &[u8], t
     };
     match client.request(req) {
         Ok(resp) => Rpc::Ok(resp.payload),
-        Err(ttrpc::Error::RpcStatus(s)) => Rpc::Err(RpcStatus {
-            code: s.code.value() as u64,
-            message: s.message,
-        }),
+        Err(ttrpc::Error::RpcStatus(s)) => Rpc::Err(RpcStatus { code: s.code.value() as u64, message: s.message }),
         Err(e) => Rpc::Transport(format!("{method}: {e}")),
     }
 }
@@ -359,11 +315,7 @@ task_calls! {
 
 /// A `google.protobuf.Any` field.
 pub fn any(type_url: &str, value: &[u8]) -> MessageField<Any> {
-    MessageField::some(Any {
-        type_url: type_url.into(),
-        value: value.to_vec(),
-        ..Default::default()
-    })
+    MessageField::some(Any { type_url: type_url.into(), value: value.to_vec(), ..Default::default() })
 }
 
 /// A task shim's ttrpc endpoint. A 1.6 shim serves only `containerd.task.v2.Task`
@@ -384,22 +336,9 @@ pub const ST_PAUSED: EnumOrUnknown<pb::Status> = EnumOrUnknown::from_i32(pb::Sta
 impl Shim {
     /// The shim serving container `id` of the test namespace (from its bundle).
     pub fn of(cd: &Containerd, id: &str) -> Shim {
-        let (sock, version) = cd.shim_address(&cd.ns, id).unwrap_or_else(|| {
-            panic!(
-                "no shim address in bundle {}",
-                cd.bundle_dir(&cd.ns, id).display()
-            )
-        });
-        Shim {
-            sock,
-            ns: cd.ns.clone(),
-            service: if version >= 3 {
-                "containerd.task.v3.Task"
-            } else {
-                "containerd.task.v2.Task"
-            },
-            version,
-        }
+        let (sock, version) =
+            cd.shim_address(&cd.ns, id).unwrap_or_else(|| panic!("no shim address in bundle {}", cd.bundle_dir(&cd.ns, id).display()));
+        Shim { sock, ns: cd.ns.clone(), service: if version >= 3 { "containerd.task.v3.Task" } else { "containerd.task.v2.Task" }, version }
     }
 
     pub fn call<Q: TaskCall>(&self, req: &Q) -> Rpc<Q::Resp> {
@@ -407,12 +346,9 @@ impl Shim {
     }
 
     pub fn call_timeout<Q: TaskCall>(&self, req: &Q, timeout: Duration) -> Rpc<Q::Resp> {
-        let body = req
-            .write_to_bytes()
-            .unwrap_or_else(|e| panic!("encode {} request: {e}", Q::METHOD));
+        let body = req.write_to_bytes().unwrap_or_else(|e| panic!("encode {} request: {e}", Q::METHOD));
         match self.raw(Q::METHOD, &body, timeout) {
-            Rpc::Ok(b) => Q::Resp::parse_from_bytes(&b)
-                .map_or_else(|e| Rpc::Transport(format!("{} response: {e}", Q::METHOD)), Rpc::Ok),
+            Rpc::Ok(b) => Q::Resp::parse_from_bytes(&b).map_or_else(|e| Rpc::Transport(format!("{} response: {e}", Q::METHOD)), Rpc::Ok),
             other => other.map(|_| unreachable!()),
         }
     }
@@ -423,8 +359,7 @@ impl Shim {
     }
 
     pub fn state(&self, id: &str, exec_id: &str) -> Result<pb::StateResponse, Rpc<()>> {
-        self.call(&pb::StateRequest { id: id.into(), exec_id: exec_id.into(), ..Default::default() })
-            .result()
+        self.call(&pb::StateRequest { id: id.into(), exec_id: exec_id.into(), ..Default::default() }).result()
     }
 
     pub fn start(&self, id: &str, exec_id: &str) -> Rpc<pb::StartResponse> {
@@ -457,22 +392,13 @@ impl Shim {
 
     /// Exec + Start + Wait + Delete of `sh -c 'exit 7'` in `id`: the shim serves `id`.
     pub fn assert_serves(&self, cd: &Containerd, id: &str, why: &str) {
-        let st = self
-            .state(id, "")
-            .unwrap_or_else(|e| panic!("after {why}: State {id}: {e:?}"));
-        assert_eq!(
-            st.status, ST_RUNNING,
-            "after {why}: task {id} is not running: {st:?}"
-        );
+        let st = self.state(id, "").unwrap_or_else(|e| panic!("after {why}: State {id}: {e:?}"));
+        assert_eq!(st.status, ST_RUNNING, "after {why}: task {id} is not running: {st:?}");
         let eid = unique("probe");
         let spec = exec_spec(cd, id, &["sh", "-c", "exit 7"]);
-        let pid = self
-            .exec_start(id, &eid, &spec)
-            .unwrap_or_else(|e| panic!("after {why}: exec in {id}: {e:?}"));
+        let pid = self.exec_start(id, &eid, &spec).unwrap_or_else(|e| panic!("after {why}: exec in {id}: {e:?}"));
         assert!(pid > 0, "after {why}: exec pid 0");
-        let code = self
-            .wait(id, &eid, Duration::from_secs(20))
-            .unwrap_or_else(|e| panic!("after {why}: wait exec in {id}: {e:?}"));
+        let code = self.wait(id, &eid, Duration::from_secs(20)).unwrap_or_else(|e| panic!("after {why}: wait exec in {id}: {e:?}"));
         assert_eq!(code, 7, "after {why}: exec exit status");
         let d = self.delete(id, &eid);
         assert!(matches!(d, Rpc::Ok(_)), "after {why}: delete exec: {d:?}");
@@ -483,21 +409,12 @@ pub const PROCESS_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1
 
 /// An Exec of the process `spec` (JSON), null stdio.
 pub fn exec_req(id: &str, exec_id: &str, spec: &[u8]) -> pb::ExecProcessRequest {
-    pb::ExecProcessRequest {
-        id: id.into(),
-        exec_id: exec_id.into(),
-        spec: any(PROCESS_URL, spec),
-        ..Default::default()
-    }
+    pb::ExecProcessRequest { id: id.into(), exec_id: exec_id.into(), spec: any(PROCESS_URL, spec), ..Default::default() }
 }
 
 /// A Create of the bundle, no rootfs mounts, null stdio.
 pub fn create_req(id: &str, bundle: &Path) -> pb::CreateTaskRequest {
-    pb::CreateTaskRequest {
-        id: id.into(),
-        bundle: bundle.to_string_lossy().into_owned(),
-        ..Default::default()
-    }
+    pb::CreateTaskRequest { id: id.into(), bundle: bundle.to_string_lossy().into_owned(), ..Default::default() }
 }
 
 /// A protobuf message built by hand, for the request bodies generated code
@@ -540,8 +457,7 @@ impl Pb {
 
 /// An exec process spec (JSON) for `id`: its config.json's process with `args`.
 pub fn exec_spec(cd: &Containerd, id: &str, args: &[&str]) -> Vec<u8> {
-    let cfg = fs::read(cd.bundle_dir(&cd.ns, id).join("config.json"))
-        .unwrap_or_else(|e| panic!("config.json of {id}: {e}"));
+    let cfg = fs::read(cd.bundle_dir(&cd.ns, id).join("config.json")).unwrap_or_else(|e| panic!("config.json of {id}: {e}"));
     let v: serde_json::Value = serde_json::from_slice(&cfg).unwrap();
     let mut p = v["process"].clone();
     p["args"] = serde_json::json!(args);
@@ -560,14 +476,9 @@ pub fn make_bundle(r: &Rig, victim: &str, name: &str, args: &[&str]) -> PathBuf 
     v["process"]["terminal"] = serde_json::json!(false);
     v["root"]["path"] = serde_json::json!(rootfs().to_string_lossy());
     v["linux"]["cgroupsPath"] = serde_json::json!(format!("/{}/{}", r.cd.ns, name));
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_vec_pretty(&v).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&v).unwrap()).unwrap();
     dir
 }
-
 
 // ---------------------------------------------------------------------------
 // host scans
@@ -587,13 +498,7 @@ pub fn proc_stat(pid: i32) -> Option<(String, i32, String)> {
 
 /// Every pid in /proc.
 pub fn all_pids() -> Vec<i32> {
-    fs::read_dir("/proc")
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+    fs::read_dir("/proc").map(|rd| rd.flatten().filter_map(|e| e.file_name().to_string_lossy().parse().ok()).collect()).unwrap_or_default()
 }
 
 /// Zombies whose parent is one of `parents`, as "pid (comm) parent ppid".
@@ -602,8 +507,7 @@ pub fn zombies_of(parents: &[i32]) -> Vec<String> {
         .into_iter()
         .filter_map(|pid| {
             let (state, ppid, comm) = proc_stat(pid)?;
-            (state == "Z" && parents.contains(&ppid))
-                .then(|| format!("{pid} ({comm}) parent {ppid}"))
+            (state == "Z" && parents.contains(&ppid)).then(|| format!("{pid} ({comm}) parent {ppid}"))
         })
         .collect()
 }
@@ -617,27 +521,18 @@ pub fn zombies(cd: &Containerd) -> Vec<String> {
 
 /// Open fds of `pid`.
 pub fn fd_count(pid: i32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|rd| rd.count())
-        .unwrap_or(0)
+    fs::read_dir(format!("/proc/{pid}/fd")).map(|rd| rd.count()).unwrap_or(0)
 }
 
 /// Direct children of `pid`.
 pub fn children_of(pid: i32) -> Vec<i32> {
-    all_pids()
-        .into_iter()
-        .filter(|p| proc_stat(*p).map(|s| s.1 == pid).unwrap_or(false))
-        .collect()
+    all_pids().into_iter().filter(|p| proc_stat(*p).map(|s| s.1 == pid).unwrap_or(false)).collect()
 }
 
 /// Entries of the runtime's state dir for namespace `ns` (default root).
 pub fn runc_state_entries(ns: &str) -> Vec<String> {
     fs::read_dir(Path::new(RUNC_DEFAULT_ROOT).join(ns))
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default()
 }
 
