@@ -13,6 +13,7 @@
 #[macro_use]
 mod common;
 
+use common::pty::PtyProc;
 use common::*;
 use std::time::Duration;
 

@@ -15,6 +15,7 @@
 #[macro_use]
 mod common;
 
+use common::pty::PtyProc;
 use common::robust::*;
 use common::*;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
