@@ -110,7 +110,7 @@ fn with_options(id: &str, good: &Path, path: &str, body: &str) -> pb::CreateTask
 }
 
 fn bad_input(line: Line) {
-    let r = Rig::new(line);
+    let r = Rig::for_runtime(line, KEEL_V1);
     let tag = r.tag.clone();
     let victim = r.sleeper("victim");
     let shim = r.shim(&victim);
@@ -532,7 +532,7 @@ fn structured(rng: &mut Rng, method: &str) -> Vec<u8> {
 }
 
 fn wire_fuzz(line: Line) {
-    let r = Rig::new(line);
+    let r = Rig::for_runtime(line, KEEL_V1);
     let tag = r.tag.clone();
     let victim = r.sleeper("victim");
     let shim = r.shim(&victim);
@@ -627,7 +627,7 @@ fn wire_fuzz(line: Line) {
 fn uri_escapes(line: Line) {
     let mut found = Vec::new();
     for rt in [RUNC_V2, KEEL_V1] {
-        let mut r = Rig::new(line);
+        let mut r = Rig::for_runtime(line, KEEL_V1);
         r.rt = rt;
         let tag = format!("[{rt} {}]", line.name());
         // `ctr run --rm --log-uri uri` printing `text`: its exit code, and

@@ -52,7 +52,7 @@ fn stand_in(r: &Rig, name: &str, body: &str) -> (PathBuf, Vec<String>) {
     fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
     let s = script.to_string_lossy().into_owned();
     let flags = if r.rt == KEEL_V1 {
-        let cfg = r.runtime_config(name, &format!("BinaryName = \"{s}\"\n"));
+        let cfg = r.write_runtime_config(name, &format!("BinaryName = \"{s}\"\n"));
         vec!["--runtime-config-path".to_string(), cfg.to_string_lossy().into_owned()]
     } else {
         vec!["--runc-binary".to_string(), s]
@@ -440,7 +440,7 @@ fn slow_logger_does_not_stall_the_pod(line: Line, rt: &'static str) {
 
     let b = r.cd.id("pod-b");
     let uri = format!("binary://{}", logger.display());
-    let args = r.run_args(&["-d", "--annotation", &ann, "--log-uri", &uri], &b, &["sleep", "1000000"]);
+    let args = r.run_args(&["-d", "--annotation", &ann, "--log-uri", &uri], None, &b, &["sleep", "1000000"]);
     let mut run_b = r.cd.ctr_spawn(Some(&r.cd.ns), &strs(&args));
     let up = poll(Duration::from_secs(20), || started.exists().then_some(()));
     assert!(up.is_some(), "{} the logger of {b} never started", r.tag);

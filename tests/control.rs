@@ -269,7 +269,7 @@ fn pause_resume(line: Line, rt: &'static str) {
         t.tag,
         ev.lines().join("\n")
     );
-    t.kill_delete(&id);
+    t.kill_delete_ok(&id);
 }
 
 /// Tasks.Update through containerd: a 64 MiB memory limit lands in the
@@ -302,7 +302,7 @@ fn update_resources(line: Line, rt: &'static str) {
     }
     assert_eq!(cgroup_read(&mem, "memory.limit_in_bytes"), "67108864", "{} limit changed by a refused Update", t.tag);
     assert_eq!(t.task(&id).map(|x| x.1), Some("RUNNING".to_string()), "{} status after a refused Update", t.tag);
-    t.kill_delete(&id);
+    t.kill_delete_ok(&id);
 }
 
 /// `ctr task metrics` agrees with the container's cgroup files.
@@ -336,7 +336,7 @@ fn metrics_match_cgroup(line: Line, rt: &'static str) {
         "{} memory.usage_in_bytes {usage} not within 256 KiB of the cgroup's ({usage_before}, {usage_after})",
         t.tag
     );
-    t.kill_delete(&id);
+    t.kill_delete_ok(&id);
 }
 
 /// A container over its memory limit: /tasks/oom, then /tasks/exit 137.
@@ -409,7 +409,7 @@ fn ps_init_and_exec(line: Line, rt: &'static str) {
     let ps = poll(STATE_TIMEOUT, || Some(t.ps(&id)).filter(|p| p.len() == 1))
         .unwrap_or_else(|| panic!("{} exec still listed after its exit: {:?}", t.tag, t.ps(&id)));
     assert_eq!(ps[0].0, pid, "{} {ps:?}", t.tag);
-    t.kill_delete(&id);
+    t.kill_delete_ok(&id);
 }
 
 /// An `--annotation` for `ctr run` that makes runc hand CRIU a config file
@@ -512,7 +512,7 @@ fn checkpoint_restore(line: Line, rt: &'static str) {
     // Documented containerd limitation (see above): printed only.
     let o = t.cd.ctr_timeout(&["containers", "restore", "--live", &format!("{id_t}-r"), &task_ref], RUN_TIMEOUT);
     eprintln!("{} restore of a `ctr task checkpoint` image -> code {:?}: {}", t.tag, o.code, ctr_error(&o));
-    t.kill_delete(&id_t);
+    t.kill_delete_ok(&id_t);
 
     // The container-level checkpoint, the one `ctr containers restore` takes:
     // pause, checkpoint (leave running), resume.
@@ -533,7 +533,7 @@ fn checkpoint_restore(line: Line, rt: &'static str) {
     let c2 = wait_count_at_least(&t, pid, c1.1 + 1, STATE_TIMEOUT);
     assert_eq!(t.task(&id), Some((pid, "RUNNING".to_string())), "{} after container checkpoint", t.tag);
     assert_eq!(c2.0, token, "{} token changed", t.tag);
-    t.kill_delete(&id);
+    t.kill_delete_ok(&id);
     assert!(
         mounts_below(&t.cd.bundle_dir(&t.cd.ns, &id)).is_empty(),
         "{} rootfs still mounted after delete: {:?}",
@@ -597,7 +597,7 @@ fn checkpoint_restore(line: Line, rt: &'static str) {
     let allowed = c2.1 + (started.elapsed().as_secs_f64() / 0.1).ceil() as u64 + 10;
     assert!(r2.1 <= allowed, "{} counter {r2:?} too far beyond checkpoint {c2:?}", t.tag);
     eprintln!("{} counter: checkpointed at {c1:?}..{c2:?}, restored {r1:?}, then {r2:?}", t.tag);
-    t.kill_delete(&id);
+    t.kill_delete_ok(&id);
 }
 
 /// The runtime argv Keel builds from CheckpointOptions, recorded by a stand-in
@@ -783,7 +783,7 @@ fn checkpoint_options_argv(line: Line, rt: &'static str) {
         ev.expect("exit after checkpoint --exit", |e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(), RUN_TIMEOUT);
         t.wait_status(&id, "STOPPED");
     }
-    t.kill_delete(&id);
+    t.kill_delete_ok(&id);
 }
 
 // ---------------------------------------------------------------------------

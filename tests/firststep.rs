@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 /// with `code` and every one of `needles` in the message.
 fn refused(r: &Rig, case: &str, toml: &str, code: Code, needles: &[&str]) {
     let id = r.cd.id(case);
-    let cfg = r.runtime_config(case, toml);
+    let cfg = r.write_runtime_config(case, toml);
     let root = rootfs();
     let o = r.cd.ctr(&[
         "containers",

@@ -104,7 +104,7 @@ fn installed_package_runs_containers(line: Line) {
     let help = run(Command::new(root.0.join("usr/bin").join(WIRE)).arg("--help")).out();
     assert!(help.contains("keel-containerd wire|unwire|status"), "{WIRE} --help: {help}");
 
-    let r = Rig::new(line);
+    let r = Rig::for_runtime(line, KEEL_V1);
     // containerd finds the shim on its PATH: point that entry at the installed
     // binary instead of the build under target/.
     let link = r.cd.bin_dir.join(SHIM);

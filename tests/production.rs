@@ -17,7 +17,7 @@
 mod common;
 
 use common::production::*;
-use common::robust::{Rig, RUN_TIMEOUT, STATE_TIMEOUT};
+use common::robust::Rig;
 use common::*;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::types::introspection::RuntimeInfo;

@@ -69,7 +69,7 @@ fn connect_as_nobody(sock: &Path) -> i32 {
 }
 
 fn socket_private(line: Line) {
-    let r = Rig::new(line);
+    let r = Rig::for_runtime(line, KEEL_V1);
     let tag = r.tag.clone();
     let id = r.sleeper("sock");
     let bundle = r.cd.bundle_dir(&r.cd.ns, &id);
@@ -130,7 +130,7 @@ fn check_fds(tag: &str, what: &str, out: &str) -> Vec<(u32, String)> {
 }
 
 fn fds_in_container(line: Line) {
-    let r = Rig::new(line);
+    let r = Rig::for_runtime(line, KEEL_V1);
     let tag = r.tag.clone();
     let ls = ["ls", "-l", "/proc/self/fd"];
 
@@ -149,7 +149,7 @@ fn fds_in_container(line: Line) {
     check_fds(&tag, "ctr run --null-io", &listing);
 
     // -t run
-    let args = r.run_args(&["--rm", "-t"], &r.cd.id("fdtty"), &ls);
+    let args = r.run_args(&["--rm", "-t"], None, &r.cd.id("fdtty"), &ls);
     let p = PtyProc::spawn(r.cd.ctr_command(&strs(&args)), 24, 200);
     let (code, timed_out, out) = p.wait(Duration::from_secs(60));
     assert!(!timed_out && code == Some(0), "{tag} run -t: {code:?} {out:?}");
@@ -202,7 +202,7 @@ fn assert_no_markers(tag: &str, markers: &[PathBuf]) {
 }
 
 fn no_shell(line: Line) {
-    let r = Rig::new(line);
+    let r = Rig::for_runtime(line, KEEL_V1);
     let tag = r.tag.clone();
     let mut markers = Vec::new();
     let mut mk = |n: &str| {
@@ -223,7 +223,7 @@ fn no_shell(line: Line) {
     // A runtime that logs its calls, to show rejected requests never reach it.
     let (script, _hung) = hanging_runtime(&r.cd.dir, "log-runc", "*never-matches-anything*");
     let calls = r.cd.dir.join("log-runc.calls");
-    let cfg = r.runtime_config("log", &format!("BinaryName = \"{}\"\n", script.display()));
+    let cfg = r.write_runtime_config("log", &format!("BinaryName = \"{}\"\n", script.display()));
     let id = r.cd.id("shellcheck");
     r.run_d(&["--runtime-config-path", &cfg.to_string_lossy()], &id, &["sleep", "1000000"]);
     r.wait_status(&id, "RUNNING");
@@ -273,7 +273,7 @@ fn no_shell(line: Line) {
 
     // A BinaryName with shell syntax is a (missing) file name, not a command line.
     let m6 = mk("binary-name");
-    let cfg2 = r.runtime_config("evil", &format!("BinaryName = \"/bin/true; touch {m6}\"\n"));
+    let cfg2 = r.write_runtime_config("evil", &format!("BinaryName = \"/bin/true; touch {m6}\"\n"));
     let o = r.run(&["--rm", "--runtime-config-path", &cfg2.to_string_lossy()], &r.cd.id("evilbin"), &["true"]);
     eprintln!("{tag} BinaryName with '; touch' -> {:?}: {}", o.code, o.err().trim());
     assert!(!o.ok() && !o.timed_out, "{tag} {}", o.describe());

@@ -103,7 +103,7 @@ fn exits_by_id(ev: &EventsHandle) -> HashMap<(String, String), Vec<u64>> {
 // ---------------------------------------------------------------------------
 
 fn stress(line: Line, n: usize) {
-    let mut r = Rig::new(line);
+    let mut r = Rig::for_runtime(line, KEEL_V1);
     // `KEEL_STRESS_RUNTIME=io.containerd.runc.v2` runs the same against the
     // reference shim (to prove the test).
     if let Ok(rt) = std::env::var("KEEL_STRESS_RUNTIME") {
@@ -258,7 +258,7 @@ fn stress(line: Line, n: usize) {
 // ---------------------------------------------------------------------------
 
 fn immediate_exit(line: Line, reps: usize) {
-    let r = Rig::new(line);
+    let r = Rig::for_runtime(line, KEEL_V1);
     let ev = r.cd.events();
     let tag = &r.tag;
     let fails = pool(reps, CONCURRENCY, |i| {
@@ -377,7 +377,7 @@ fn exit_order_once(r: &Rig, ev: &EventsHandle, i: usize, kill_all: bool) -> Resu
 }
 
 fn exit_order(line: Line, reps: usize) {
-    let r = Rig::new(line);
+    let r = Rig::for_runtime(line, KEEL_V1);
     let ev = r.cd.events();
     let h = ev.handle();
     let fails = pool(2 * reps, 4, |i| exit_order_once(&r, &h, i, i % 2 == 0));
@@ -406,7 +406,7 @@ fn hang_exec(line: Line) {
     let tag = r.tag.clone();
     let (script, hung) = hanging_runtime(&r.cd.dir, "hang-runc", "*/exec-hang*");
     let _guard = HungGuard(hung.clone());
-    let cfg = r.runtime_config("hang", &format!("BinaryName = \"{}\"\n", script.display()));
+    let cfg = r.write_runtime_config("hang", &format!("BinaryName = \"{}\"\n", script.display()));
     let cfgs = cfg.to_string_lossy().into_owned();
     let ev = r.cd.events();
     let id = r.cd.id("hx");
@@ -517,7 +517,7 @@ fn hang_pause_grouped(line: Line) {
     let b = r.cd.id("grpb");
     let (script, hung) = hanging_runtime(&r.cd.dir, "hang-runc", &format!("*\" pause {a} \"*"));
     let _guard = HungGuard(hung.clone());
-    let cfg = r.runtime_config("hang", &format!("BinaryName = \"{}\"\n", script.display()));
+    let cfg = r.write_runtime_config("hang", &format!("BinaryName = \"{}\"\n", script.display()));
     let cfgs = cfg.to_string_lossy().into_owned();
     let group = format!("io.containerd.keel.v1.group={}", r.cd.id("pod"));
     for id in [&a, &b] {
@@ -599,7 +599,7 @@ fn descendants(pid: i32) -> Vec<i32> {
 }
 
 fn shim_sigkill(line: Line) {
-    let r = Rig::new(line);
+    let r = Rig::for_runtime(line, KEEL_V1);
     let tag = r.tag.clone();
     let ev = r.cd.events();
     let nb = r.cd.id("neighbour");
@@ -642,12 +642,12 @@ fn shim_sigkill(line: Line) {
 }
 
 fn runtime_removed(line: Line) {
-    let r = Rig::new(line);
+    let r = Rig::for_runtime(line, KEEL_V1);
     let tag = r.tag.clone();
     let bin = r.cd.dir.join("runc-copy");
     std::fs::copy("/usr/sbin/runc", &bin).expect("copy runc");
     let binary = bin.to_string_lossy().into_owned();
-    let cfg = r.runtime_config("copy", &format!("BinaryName = \"{binary}\"\n"));
+    let cfg = r.write_runtime_config("copy", &format!("BinaryName = \"{binary}\"\n"));
     let cfgs = cfg.to_string_lossy().into_owned();
     let id = r.cd.id("nobin");
     r.run_d(&["--runtime-config-path", &cfgs], &id, &["sleep", "1000000"]);
@@ -758,7 +758,7 @@ impl Drop for SmallFs {
 }
 
 fn disk_full(line: Line) {
-    let r = Rig::new(line);
+    let r = Rig::for_runtime(line, KEEL_V1);
     let tag = r.tag.clone();
     // The namespace's bundle directory (every bundle of this test lives there).
     let nsdir = r.cd.state.join("io.containerd.runtime.v2.task").join(&r.cd.ns);
@@ -849,7 +849,7 @@ fn late_read(path: std::path::PathBuf, delay: Duration) -> thread::JoinHandle<Ve
 fn late_reader(line: Line) {
     let mut got = Vec::new();
     for rt in [RUNC_V2, KEEL_V1] {
-        let mut r = Rig::new(line);
+        let mut r = Rig::for_runtime(line, KEEL_V1);
         r.rt = rt;
         r.tag = format!("[{rt} {}]", line.name());
         let id = r.sleeper("late");

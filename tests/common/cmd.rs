@@ -156,3 +156,13 @@ pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T>
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `&str`s of owned arguments, for the ctr helpers.
+pub fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Deadline of one `ctr run` / `ctr task exec`.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a task may take to reach a status.
+pub const STATE_TIMEOUT: Duration = Duration::from_secs(15);

@@ -1,11 +1,9 @@
 //! One test scenario: a private containerd, the runtime type under test, and
 //! the ctr calls every suite makes (run, exec, task ls/ps, status waits).
-//! Suites add their own methods in `impl Scenario` blocks of their own.
+//! Suites add their own methods in `impl Scenario` blocks of their own; the
+//! robustness suites know it as `robust::Rig`.
 
 use super::*;
-
-pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
-pub const STATE_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub struct Scenario {
     pub cd: Containerd,
@@ -14,10 +12,6 @@ pub struct Scenario {
     pub tag: String,
     /// The crun variant: runtime options (a TOML file selecting crun) for every `ctr run`.
     pub runtime_config: Option<PathBuf>,
-}
-
-pub fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
 }
 
 /// The `ctr: ...` error line of a failed ctr call.
@@ -34,6 +28,21 @@ impl Scenario {
         let runtime_config = crun.then(|| production::crun_options(&cd));
         let tag = format!("[{}{} {}]", rt, if crun { "+crun" } else { "" }, line.name());
         Scenario { cd, line, rt, tag, runtime_config }
+    }
+
+    /// Keel, plain runc, with `env` added to containerd's environment.
+    pub fn with_env(line: Line, env: &[(&str, &str)]) -> Scenario {
+        assert!(rootfs().join("bin/sh").exists());
+        let cd = robust::start_with_env(line, env);
+        Scenario { cd, line, rt: KEEL_V1, tag: format!("[{} {}]", KEEL_V1, line.name()), runtime_config: None }
+    }
+
+    /// Runtime type `rt`, plain runc, no crun variant.
+    pub fn for_runtime(line: Line, rt: &'static str) -> Scenario {
+        let mut r = Scenario::with_env(line, &[]);
+        r.rt = rt;
+        r.tag = format!("[{} {}]", rt, line.name());
+        r
     }
 
     pub fn keel(&self) -> bool {
@@ -70,10 +79,20 @@ impl Scenario {
         self.cd.ctr_stdin(&strs(&self.run_args(flags, None, id, cmd)), input, RUN_TIMEOUT)
     }
 
-    /// `ctr run -d`, must succeed (the process may already have exited).
-    pub fn run_d(&self, id: &str, cmd: &[&str]) {
-        let o = self.cd.ctr_timeout(&strs(&self.run_args(&["-d"], None, id, cmd)), RUN_TIMEOUT);
-        assert!(o.ok(), "{} run -d failed: {}\n{}", self.tag, o.describe(), self.cd.log_tail(30));
+    /// `ctr run -d` (plus `flags`), must succeed (the process may already have exited).
+    pub fn run_d(&self, flags: &[&str], id: &str, cmd: &[&str]) {
+        let mut f = vec!["-d"];
+        f.extend_from_slice(flags);
+        let o = self.run(&f, id, cmd);
+        assert!(o.ok(), "{} run -d {id} failed: {}\n{}", self.tag, o.describe(), self.cd.log_tail(30));
+    }
+
+    /// A new container (id from `prefix`) idling in `sleep`, RUNNING when this returns.
+    pub fn sleeper(&self, prefix: &str) -> String {
+        let id = self.cd.id(prefix);
+        self.run_d(&[], &id, &["sleep", "1000000"]);
+        self.wait_status(&id, "RUNNING");
+        id
     }
 
     /// `ctr run -d` from the busybox rootfs (or `image`), must succeed; returns
@@ -136,12 +155,46 @@ impl Scenario {
         }
     }
 
-    pub fn kill_delete(&self, id: &str) {
+    /// SIGKILL, STOPPED, task and container deleted: each step must succeed.
+    pub fn kill_delete_ok(&self, id: &str) {
         self.cd.ctr(&["tasks", "kill", "-a", "-s", "SIGKILL", id]);
         self.wait_status(id, "STOPPED");
+        self.delete_ok(id);
+    }
+
+    /// SIGKILL, wait STOPPED, delete task and container (best effort, bounded:
+    /// for clean-up after faults, where a step may already be done).
+    pub fn kill_delete(&self, id: &str) {
+        self.cd.ctr(&["tasks", "kill", "-a", "-s", "SIGKILL", id]);
+        poll(STATE_TIMEOUT, || self.task(id).filter(|t| t.1 != "STOPPED").is_none().then_some(()));
+        self.cd.ctr(&["tasks", "delete", "-f", id]);
+        self.cd.ctr(&["containers", "delete", id]);
+    }
+
+    /// Deletes a stopped task and its container; both must succeed.
+    pub fn delete_ok(&self, id: &str) {
         let o = self.cd.ctr(&["tasks", "delete", id]);
         assert!(o.ok(), "{} task delete {id}: {}", self.tag, o.describe());
         self.cd.ctr_ok(&["containers", "delete", id]);
+    }
+
+    /// An exec with output and exit code still works in `id`.
+    pub fn assert_exec_works(&self, id: &str, why: &str) {
+        let eid = unique("alive");
+        let o = self.exec(&[], id, &eid, &["sh", "-c", "echo still-alive; exit 3"]);
+        assert!(o.code == Some(3) && o.out() == "still-alive\n", "{} after {why}: exec in {id} does not work: {}", self.tag, o.describe());
+    }
+
+    /// A file holding `toml`, for `ctr run --runtime-config-path`.
+    pub fn write_runtime_config(&self, name: &str, toml: &str) -> PathBuf {
+        let p = self.cd.dir.join(format!("{name}.toml"));
+        fs::write(&p, toml).unwrap();
+        p
+    }
+
+    /// The task shim of container `id` over ttrpc.
+    pub fn shim(&self, id: &str) -> robust::Shim {
+        robust::Shim::of(&self.cd, id)
     }
 }
 
