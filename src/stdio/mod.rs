@@ -91,6 +91,9 @@ fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd)> {
 /// once the runtime succeeded.
 pub struct Prepared {
     cfg: StdioConfig,
+    /// The output fifos, from the URIs parsed once in [`prepare`].
+    stdout_fifo: Option<PathBuf>,
+    stderr_fifo: Option<PathBuf>,
     stdin_w: Option<OwnedFd>,
     stdout_r: Option<OwnedFd>,
     stderr_r: Option<OwnedFd>,
@@ -112,9 +115,21 @@ pub async fn prepare(cfg: &StdioConfig, owner: IoOwner, namespace: &str, id: &st
 
 async fn prepare_ends(cfg: &StdioConfig, namespace: &str, id: &str, reaper: &Reaper) -> Result<(RuntimeIo, Prepared)> {
     let mut rio = RuntimeIo::default();
-    let mut p = Prepared { cfg: cfg.clone(), stdin_w: None, stdout_r: None, stderr_r: None, console: None };
     let stdout = parse_target(&cfg.stdout)?;
     let stderr = parse_target(&cfg.stderr)?;
+    let fifo = |t: &Target| match t {
+        Target::Fifo(path) => Some(path.clone()),
+        _ => None,
+    };
+    let mut p = Prepared {
+        cfg: cfg.clone(),
+        stdout_fifo: fifo(&stdout),
+        stderr_fifo: fifo(&stderr),
+        stdin_w: None,
+        stdout_r: None,
+        stderr_r: None,
+        console: None,
+    };
     if !cfg.stdin.is_empty() {
         if !cfg.stdin.starts_with('/') {
             return Err(StdioError::BadUri { uri: cfg.stdin.clone(), reason: "stdin must be a fifo path".into() });
@@ -205,7 +220,7 @@ impl Prepared {
                 set_nonblocking(&master)?;
                 let reader = master.try_clone().map_err(os("dup pty master"))?;
                 let writer = master.try_clone().map_err(os("dup pty master"))?;
-                if let Target::Fifo(path) = parse_target(&cfg.stdout)? {
+                if let Some(path) = self.stdout_fifo {
                     let rx = pipe::Receiver::from_owned_fd_unchecked(reader).map_err(os("register pty master"))?;
                     outputs.push(spawn_copy(rx, path));
                 }
@@ -220,8 +235,8 @@ impl Prepared {
                     let tx = pipe::Sender::from_owned_fd(w).map_err(os("register stdin pipe"))?;
                     stdin = Some(tokio::spawn(copy::copy_in(fifo, tx)));
                 }
-                for (r, uri) in [(self.stdout_r, &cfg.stdout), (self.stderr_r, &cfg.stderr)] {
-                    if let (Some(r), Target::Fifo(path)) = (r, parse_target(uri)?) {
+                for (r, fifo) in [(self.stdout_r, self.stdout_fifo), (self.stderr_r, self.stderr_fifo)] {
+                    if let (Some(r), Some(path)) = (r, fifo) {
                         let rx = pipe::Receiver::from_owned_fd(r).map_err(os("register output pipe"))?;
                         outputs.push(spawn_copy(rx, path));
                     }
