@@ -165,10 +165,13 @@ pub fn wire(opts: &WireOptions) -> Result<Outcome> {
         config::add_keel_runtime(&mut doc, version, opts.options.as_deref()).map_err(shape)?;
         written.push(Written { path: cfg.clone(), before: original.clone().map(|b| (b, mode)), after: doc.to_string().into_bytes() });
     }
-    let created_dirs = apply(cfg, &written)?;
+    apply(cfg, &written)?;
     if let Some(bin) = &opts.containerd {
         if let Err(e) = check_loads(bin, cfg) {
-            let _ = revert(cfg, &written, &created_dirs);
+            // Put back what was just written, without asking whether it changed.
+            if let Ok(Some(record)) = read_record(&record_path(cfg)) {
+                let _ = restore(cfg, &record);
+            }
             return Err(e);
         }
     }
@@ -177,15 +180,13 @@ pub fn wire(opts: &WireOptions) -> Result<Outcome> {
 }
 
 /// Writes the backup first, then the files, then the record: at every step
-/// what is on disk can be put back. Returns the directories it made.
-fn apply(cfg: &Path, written: &[Written]) -> Result<Vec<PathBuf>> {
+/// what is on disk can be put back.
+fn apply(cfg: &Path, written: &[Written]) -> Result<()> {
     let mut rec = DocumentMut::new();
-    rec.insert("config", value(cfg.to_string_lossy().as_ref()));
     let mut files = toml_edit::ArrayOfTables::new();
     for w in written {
         let mut t = Table::new();
         t.insert("path", value(w.path.to_string_lossy().as_ref()));
-        t.insert("existed", value(w.before.is_some()));
         t.insert("sha256", value(sha256(&w.after)));
         if let Some((bytes, mode)) = &w.before {
             // Only the main config is ever edited in place.
@@ -209,24 +210,7 @@ fn apply(cfg: &Path, written: &[Written]) -> Result<Vec<PathBuf>> {
     let dirs: Array = created_dirs.iter().map(|d| d.to_string_lossy().into_owned()).collect();
     rec.insert("created_dirs", value(dirs));
     let text = format!("# keel-containerd's record of what `wire` changed; `unwire` reads it.\n{rec}");
-    write_atomic(&record_path(cfg), text.as_bytes(), 0o644)?;
-    Ok(created_dirs)
-}
-
-/// Puts back what [`apply`] wrote, without asking whether it changed.
-fn revert(cfg: &Path, written: &[Written], created_dirs: &[PathBuf]) -> Result<()> {
-    for w in written.iter().rev() {
-        match &w.before {
-            Some((bytes, mode)) => write_atomic(&w.path, bytes, *mode)?,
-            None => fs::remove_file(&w.path).map_err(io(&w.path))?,
-        }
-        let _ = fs::remove_file(backup_path(&w.path));
-    }
-    for d in created_dirs.iter().rev() {
-        let _ = fs::remove_dir(d);
-    }
-    let _ = fs::remove_file(record_path(cfg));
-    Ok(())
+    write_atomic(&record_path(cfg), text.as_bytes(), 0o644)
 }
 
 /// Asks `bin` to load `cfg` with everything it imports; the merged result
@@ -262,7 +246,13 @@ struct RecordedFile {
     backup: Option<(PathBuf, u32)>,
 }
 
-fn read_record(path: &Path) -> Result<Option<(Vec<RecordedFile>, Vec<PathBuf>)>> {
+/// What `wire` wrote: its files, and the directories it made for them.
+struct Record {
+    files: Vec<RecordedFile>,
+    dirs: Vec<PathBuf>,
+}
+
+fn read_record(path: &Path) -> Result<Option<Record>> {
     let Some(bytes) = read_if_exists(path)? else { return Ok(None) };
     let bad = |message: &str| WiringError::Record { path: path.into(), message: message.into() };
     let doc: DocumentMut = String::from_utf8_lossy(&bytes).parse().map_err(|e: toml_edit::TomlError| bad(&e.to_string()))?;
@@ -285,16 +275,16 @@ fn read_record(path: &Path) -> Result<Option<(Vec<RecordedFile>, Vec<PathBuf>)>>
         .and_then(Item::as_array)
         .map(|a| a.iter().filter_map(|v| v.as_str()).map(PathBuf::from).collect())
         .unwrap_or_default();
-    Ok(Some((files, dirs)))
+    Ok(Some(Record { files, dirs }))
 }
 
 /// Takes back what [`wire`] did: each file it wrote goes back to its
 /// original bytes (or away, if wire made it), unless it changed since.
 pub fn unwire(cfg: &Path) -> Result<Outcome> {
     let record = record_path(cfg);
-    let Some((files, dirs)) = read_record(&record)? else { return Ok(Outcome::NotWired) };
+    let Some(rec) = read_record(&record)? else { return Ok(Outcome::NotWired) };
     // Check everything before touching anything.
-    for f in &files {
+    for f in &rec.files {
         let now = read_if_exists(&f.path)?;
         if now.as_deref().map(sha256).as_deref() != Some(f.sha256.as_str()) {
             return Err(WiringError::Changed {
@@ -306,8 +296,16 @@ pub fn unwire(cfg: &Path) -> Result<Outcome> {
             fs::metadata(b).map_err(io(b))?;
         }
     }
+    let (restored, removed) = restore(cfg, &rec)?;
+    Ok(Outcome::Unwired { restored, removed })
+}
+
+/// Puts every recorded file back (its backup, or away if wire made it),
+/// removes the directories wire made if they are empty, then the record.
+/// Returns (restored, removed).
+fn restore(cfg: &Path, rec: &Record) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     let (mut restored, mut removed) = (Vec::new(), Vec::new());
-    for f in files.iter().rev() {
+    for f in rec.files.iter().rev() {
         match &f.backup {
             Some((b, mode)) => {
                 let bytes = fs::read(b).map_err(io(b))?;
@@ -321,12 +319,13 @@ pub fn unwire(cfg: &Path) -> Result<Outcome> {
             }
         }
     }
-    for d in dirs.iter().rev() {
+    for d in rec.dirs.iter().rev() {
         // Only if empty: the user may have put files of their own there since.
         let _ = fs::remove_dir(d);
     }
+    let record = record_path(cfg);
     fs::remove_file(&record).map_err(io(&record))?;
-    Ok(Outcome::Unwired { restored, removed })
+    Ok((restored, removed))
 }
 
 #[cfg(test)]
