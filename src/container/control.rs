@@ -131,11 +131,7 @@ impl Container {
         let args = checkpoint_args(image, &work, opts);
         let r = self.runtime.checkpoint(&self.id, &args).await;
         if opts.work_path.is_empty() {
-            if let Err(e) = std::fs::remove_dir_all(&work) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    log::warn!("task {}: remove CRIU work dir {}: {e}", self.id, work.display());
-                }
-            }
+            self.tidied(&work, std::fs::remove_dir_all(&work));
         }
         r?;
         self.publisher.publish(

@@ -62,10 +62,15 @@ pub struct Container {
 }
 
 impl Container {
-    /// Removes a file Keel made in the bundle; anything but "already gone"
-    /// is logged, as a clean-up must not hide the answer being given.
+    /// Removes a file Keel made in the bundle; see [`Container::tidied`].
     fn remove_file(&self, path: &std::path::Path) {
-        if let Err(e) = std::fs::remove_file(path) {
+        self.tidied(path, std::fs::remove_file(path));
+    }
+
+    /// The outcome of removing `path`: anything but "already gone" is
+    /// logged, as a clean-up must not hide the answer being given.
+    fn tidied(&self, path: &std::path::Path, r: std::io::Result<()>) {
+        if let Err(e) = r {
             if e.kind() != std::io::ErrorKind::NotFound {
                 log::warn!("task {}: remove {}: {e}", self.id, path.display());
             }
