@@ -274,14 +274,13 @@ fn wire_config(cd: &Containerd, original: &str, keel: &Path, tag: &str) -> Strin
     let cfg = cd.dir.join("config.toml");
     std::fs::write(&cfg, original).unwrap();
     let containerd = cd.line.containerd();
-    let args =
-        ["wire", "--config", &cfg.to_string_lossy(), "--options", &keel.to_string_lossy(), "--containerd", &containerd.to_string_lossy()]
-            .map(|s| s.to_string());
-    let out = wire_tool(tag, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (c, k, d) = (cfg.to_string_lossy(), keel.to_string_lossy(), containerd.to_string_lossy());
+    let args = ["wire", "--config", &c, "--options", &k, "--containerd", &d];
+    let out = wire_tool(tag, &args);
     assert!(out.contains("has the keel runtime"), "{tag} wire: {out}");
     // Idempotent: a second run changes nothing.
     let wired = std::fs::read_to_string(&cfg).unwrap();
-    let again = wire_tool(tag, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let again = wire_tool(tag, &args);
     assert!(again.contains("already wired"), "{tag} second wire: {again}");
     assert_eq!(std::fs::read_to_string(&cfg).unwrap(), wired, "{tag} a second wire changed the config");
     // containerd's own view of the merged config (imports included).
@@ -296,7 +295,7 @@ fn wire_config(cd: &Containerd, original: &str, keel: &Path, tag: &str) -> Strin
         "io.containerd.grpc.v1.cri\".containerd.runtimes.keel]"
     };
     let at = dump.find(table).unwrap_or_else(|| panic!("{tag} config dump has no keel handler:\n{dump}"));
-    let entry = &dump[at..(at + 2000).min(dump.len())];
+    let entry: String = dump[at..].chars().take(2000).collect();
     assert!(entry.contains("io.containerd.keel.v1") && entry.contains(&*keel.to_string_lossy()), "{tag} keel handler in the dump: {entry}");
     // The user's settings survived (a 1.x drop-in would have replaced the whole CRI table).
     assert!(dump.contains("restrict_oom_score_adj = true"), "{tag} the user's CRI settings are gone from the dump:\n{dump}");

@@ -16,7 +16,7 @@ use containerd_client::tonic::Code;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The task of a container whose Keel runtime options are `toml` must be
 /// refused by containerd's Tasks.Create (what `ctr run` and a kubelet call)
@@ -46,16 +46,14 @@ fn refused(r: &Rig, case: &str, toml: &str, code: Code, needles: &[&str]) {
     // containerd copies the shim's log asynchronously: wait for the line, then
     // make sure no second one follows.
     let line = format!("create {id} failed");
-    let count =
-        || fs::read_to_string(&r.cd.log).unwrap_or_default().lines().filter(|l| l.contains(&line) && l.contains("level=error")).count();
-    let t0 = Instant::now();
-    while count() == 0 && t0.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mentions = || -> Vec<String> {
+        fs::read_to_string(&r.cd.log).unwrap_or_default().lines().filter(|l| l.contains(&line)).map(str::to_string).collect()
+    };
+    let errors = |lines: &[String]| lines.iter().filter(|l| l.contains("level=error")).count();
+    poll(Duration::from_secs(10), || (errors(&mentions()) > 0).then_some(()));
     std::thread::sleep(Duration::from_millis(500));
-    let logged: Vec<String> =
-        fs::read_to_string(&r.cd.log).unwrap_or_default().lines().filter(|l| l.contains(&line)).map(str::to_string).collect();
-    assert_eq!(count(), 1, "{} {case}: Keel's error must be in containerd's log once: {logged:#?}\n{}", r.tag, r.cd.log_tail(30));
+    let logged = mentions();
+    assert_eq!(errors(&logged), 1, "{} {case}: Keel's error must be in containerd's log once: {logged:#?}\n{}", r.tag, r.cd.log_tail(30));
     assert!(logged.iter().all(|l| needles.iter().all(|n| l.contains(n))), "{} {case}: the log line lacks the cause: {logged:#?}", r.tag);
     // Nothing of it left: no task, no runtime state, no shim for it.
     let tasks = r.cd.ctr(&["tasks", "ls", "-q"]).out();
