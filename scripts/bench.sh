@@ -59,6 +59,11 @@ if [ "$build" = 1 ] || [ ! -x "$shim" ]; then
     (cd "$repo" && PATH="$HOME/.cargo/bin:$PATH" cargo build --release) >&2
 fi
 [ -x "$shim" ] || { echo "bench.sh: no Keel binary at $shim" >&2; exit 1; }
+# The tests' private containerd (tests/harness), which bench.py starts and cleans up through.
+lab="$repo/target/x86_64-unknown-linux-gnu/release/keel-lab"
+if [ "$build" = 1 ] || [ ! -x "$lab" ]; then
+    (cd "$repo" && PATH="$HOME/.cargo/bin:$PATH" cargo build --release -p keel-harness --bin keel-lab) >&2
+fi
 
 # The system python, not a pyenv shim that may be missing under sudo.
 py=/usr/bin/python3
@@ -68,14 +73,14 @@ work=$(mktemp -d /tmp/keel-bench.XXXXXX)
 cleanup() {
     trap - EXIT INT TERM HUP
     # bench.py cleans up after itself; this catches what a killed bench.py left.
-    [ -d "$work" ] && "$py" "$here/bench/bench.py" --cleanup --work "$work" --rootfs "$rootfs" || true
+    [ -d "$work" ] && "$py" "$here/bench/bench.py" --cleanup --work "$work" --lab "$lab" --rootfs "$rootfs" || true
     rm -rf "$work"
 }
 trap cleanup EXIT
 
 # In the background, so that a signal to this script alone (not only a Ctrl-C
 # to the whole group) reaches bench.py at once; it cleans up and exits 130.
-"$py" "$here/bench/bench.py" --work "$work" --rootfs "$rootfs" --shim "$shim" "${args[@]}" </dev/null &
+"$py" "$here/bench/bench.py" --work "$work" --lab "$lab" --rootfs "$rootfs" --shim "$shim" "${args[@]}" </dev/null &
 pypid=$!
 trap 'kill -TERM "$pypid" 2>/dev/null || true' INT TERM HUP
 set +e

@@ -9,8 +9,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 bash scripts/install-deps.sh
 # The field's habits (youki and rust-extensions run both in CI): one format,
 # and no clippy warning in the shim, keel-containerd or the tests.
-cargo fmt --check
-cargo clippy --release --all-targets --quiet -- -D warnings
+cargo fmt --all --check
+cargo clippy --release --workspace --all-targets --quiet -- -D warnings
 bash scripts/make-rootfs.sh >/dev/null
 # The Debian package that tests/package.rs inspects and installs.
 bash scripts/package.sh >/dev/null

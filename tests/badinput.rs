@@ -10,8 +10,7 @@
 //!
 //! Run with `-- --nocapture` to see the whole table (case → code → message).
 
-#[macro_use]
-mod common;
+use keel_harness as common;
 
 use common::robust::*;
 use common::*;

@@ -29,8 +29,7 @@
 //! and then runs the real runc unchanged (the race cannot be forced
 //! otherwise); each says so where it is written.
 
-#[macro_use]
-mod common;
+use keel_harness as common;
 
 use common::api::Api;
 use common::production::api_task_wait;

@@ -16,8 +16,7 @@
 //! per test binary; when it fails they print `SKIPPED ...` with the reason on
 //! the real stderr (visible without --nocapture) and pass without checking.
 
-#[macro_use]
-mod common;
+use keel_harness as common;
 
 use common::control::*;
 use common::scenario::*;
@@ -45,7 +44,11 @@ fn is_task_event(e: &Event, id: &str) -> bool {
 }
 
 /// What only the control suite asks of a scenario.
-impl Scenario {
+trait ControlScenario {
+    fn skip(&self, why: &str);
+}
+
+impl ControlScenario for Scenario {
     /// Prints a skip notice on the real stderr (not captured by the test harness).
     fn skip(&self, why: &str) {
         let msg = format!("\n*** SKIPPED {} {}: {why} ***\n", self.tag, test_name());

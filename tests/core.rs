@@ -10,8 +10,7 @@
 //!
 //! Run with `-- --nocapture` to see the messages each runtime gives for bad input.
 
-#[macro_use]
-mod common;
+use keel_harness as common;
 
 use common::pty::PtyProc;
 use common::*;
@@ -22,7 +21,13 @@ use common::scenario::*;
 type T = Scenario;
 
 /// What only the core suite asks of a scenario.
-impl Scenario {
+trait CoreScenario {
+    fn run_stdin_eof(&self, ev: &EventsWatcher, flags: &[&str], id: &str, cmd: &[&str], input: &[u8]) -> Output;
+    fn assert_serving(&self, id: &str, why: &str);
+    fn delete_event(&self, ev: &EventsWatcher, id: &str) -> Option<Event>;
+}
+
+impl CoreScenario for Scenario {
     /// `ctr run` with `input` on stdin, closed only once the task has started.
     ///
     /// ctr (1.6 and 2.x alike) turns stdin EOF into `CloseIO` only after

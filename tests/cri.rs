@@ -13,8 +13,7 @@
 //! - the CRI calls (`runtime.v1.RuntimeService`) go through k8s-cri's tonic
 //!   client on a channel to containerd's own socket, which serves CRI too.
 
-#[macro_use]
-mod common;
+use keel_harness as common;
 
 use common::api::{status, with_channel, ApiResult};
 use common::production::*;

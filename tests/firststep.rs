@@ -6,8 +6,7 @@
 //! the container id; nothing of the container is left behind; and the next
 //! container on the same containerd runs.
 
-#[macro_use]
-mod common;
+use keel_harness as common;
 
 use common::api::Api;
 use common::robust::*;

@@ -4,8 +4,7 @@
 //! container run through the installed binary with nothing from `target/` on
 //! containerd's PATH, and a purge that removes it again.
 
-#[macro_use]
-mod common;
+use keel_harness as common;
 
 use common::robust::*;
 use common::*;

@@ -13,8 +13,7 @@
 //! Where runc-v2 can do the same, the scenario also runs against it
 //! (`runc::...`) to prove the test. Run with `-- --nocapture` for the notes.
 
-#[macro_use]
-mod common;
+use keel_harness as common;
 
 use common::production::*;
 use common::robust::Rig;

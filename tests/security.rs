@@ -12,8 +12,7 @@
 //!   `$(touch ...)`, backquotes and `;` in process args, a BinaryName and a log
 //!   path are taken literally: the marker files never appear on the host.
 
-#[macro_use]
-mod common;
+use keel_harness as common;
 
 use common::pty::PtyProc;
 use common::robust::*;

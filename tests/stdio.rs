@@ -3,8 +3,7 @@
 //! shim; a shim that stops copying at CloseIO loses the tail. Every case runs
 //! against Keel and, as the reference, runc-v2, on containerd 1.6 and 2.x.
 
-#[macro_use]
-mod common;
+use keel_harness as common;
 
 use common::*;
 use std::time::Duration;

@@ -31,8 +31,7 @@
 //! KEEL_STRESS_N=2000 cargo test --release --test stress stress:: -- --test-threads 1
 //! ```
 
-#[macro_use]
-mod common;
+use keel_harness as common;
 
 use common::robust::*;
 use common::*;

@@ -12,14 +12,12 @@ calls it after every run, which is a no-op once the run cleaned up itself).
 """
 
 import argparse
-import hashlib
 import json
 import math
 import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,10 +30,8 @@ RUNTIME = {KEEL: "io.containerd.keel.v1", RUNC: "io.containerd.runc.v2"}
 # Kubernetes' pod grouping key: both shims serve every container carrying the
 # same value from one shim process.
 POD_ANNOTATION = "io.kubernetes.cri.sandbox-id"
-SHIM_SOCKET_DIR = "/run/containerd/s"
 SHIM_BIN = {KEEL: "containerd-shim-keel-v1", RUNC: "containerd-shim-runc-v2"}
 C2_BIN = os.path.join(os.environ.get("KEEL_PREFIX", "/var/lib/keel-dev"), "containerd2/usr/bin")
-DISABLED = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime"]
 CMD_TIMEOUT = 60  # seconds for any one ctr/runc command
 
 
@@ -85,69 +81,35 @@ def last_line(text):
 # ---------------------------------------------------------------- the daemon
 
 class Env:
-    """The private containerd and how to talk to it."""
+    """The private containerd and how to talk to it.
 
-    def __init__(self, work, major, shim_path, runc_shim=None):
+    It is the integration tests' own daemon (tests/harness, through its
+    keel-lab binary): the same config, layout and clean-up as every test's.
+    """
+
+    def __init__(self, work, major, shim_path, lab, runc_shim=None):
         self.work = work
+        self.lab = lab
+        self.lab_dir = os.path.join(work, "containerd")
         self.major = major
-        self.sock = os.path.join(work, "containerd.sock")
-        self.bindir = os.path.join(work, "bin")
-        self.fifo = os.path.join(work, "fifo")
         self.ns = f"keel-bench-{os.getpid()}"
         self.shim_path = shim_path
-        if major == 2:
-            self.containerd, self.ctr_bin = f"{C2_BIN}/containerd", f"{C2_BIN}/ctr"
-            self.runc_shim = f"{C2_BIN}/containerd-shim-runc-v2"
-        else:
-            self.containerd, self.ctr_bin = "/usr/bin/containerd", "/usr/bin/ctr"
-            self.runc_shim = "/usr/bin/containerd-shim-runc-v2"
-        if runc_shim:
-            self.runc_shim = runc_shim
-        path = os.environ.get("PATH", "/usr/bin:/bin").split(":")
-        for d in ("/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"):
-            if d not in path:
-                path.append(d)
-        self.path = ":".join([self.bindir] + [p for p in path if p and p != self.bindir])
-        self.proc = None
-        self.sockets_before = []
-
-    def write_state(self):
-        with open(os.path.join(self.work, "bench-state.json"), "w") as f:
-            json.dump({"sock": self.sock, "ns": self.ns, "ctr": self.ctr_bin, "fifo": self.fifo,
-                       "containerd_pid": self.proc.pid if self.proc else None, "path": self.path,
-                       "sockets_before": self.sockets_before}, f)
+        self.runc_shim = runc_shim or (f"{C2_BIN}/containerd-shim-runc-v2" if major == 2
+                                       else "/usr/bin/containerd-shim-runc-v2")
+        self.sock = self.fifo = self.ctr_bin = self.containerd = self.path = None
 
     def start(self):
-        os.makedirs(self.bindir, exist_ok=True)
-        os.makedirs(self.fifo, exist_ok=True)
-        os.symlink(self.shim_path, os.path.join(self.bindir, SHIM_BIN[KEEL]))
-        os.symlink(self.runc_shim, os.path.join(self.bindir, SHIM_BIN[RUNC]))
-        self.sockets_before = shim_sockets()
-        version = 3 if self.major == 2 else 2
-        disabled = list(DISABLED)
-        if self.major == 2:
-            # NRI listens on a fixed, machine-wide socket (/var/run/nri): keep out of it.
-            disabled.append("io.containerd.nri.v1.nri")
-        cfg = os.path.join(self.work, "config.toml")
-        with open(cfg, "w") as f:
-            f.write(f'version = {version}\nroot = "{self.work}/root"\nstate = "{self.work}/state"\n'
-                    f"disabled_plugins = {json.dumps(disabled)}\n"
-                    f'[grpc]\n  address = "{self.sock}"\n')
-        env = dict(os.environ, PATH=self.path)
-        logf = open(os.path.join(self.work, "containerd.log"), "wb")
-        # Own session: a Ctrl-C on the terminal must leave it up for the cleanup.
-        self.proc = subprocess.Popen([self.containerd, "--config", cfg], stdin=subprocess.DEVNULL,
-                                     stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        logf.close()
-        self.write_state()
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise Failed(f"containerd exited ({self.proc.returncode}); see {self.work}/containerd.log")
-            if self.ctr(["version"], check=False, timeout=5).returncode == 0:
-                return
-            time.sleep(0.1)
-        raise Failed("containerd did not answer within 30 s")
+        argv = [self.lab, "up", "--line", "2" if self.major == 2 else "1.6", "--dir", self.lab_dir,
+                "--shim", self.shim_path, "--runc-shim", self.runc_shim, "--ns", self.ns, "--log-level", "info"]
+        r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise Failed(f"keel-lab up: exit {r.returncode}: {r.stderr.strip()[-2000:]}")
+        try:
+            d = json.loads(r.stdout)
+        except ValueError as e:
+            raise Failed(f"keel-lab up printed no description ({e}): {r.stdout[:200]!r}")
+        self.sock, self.fifo, self.ctr_bin = d["sock"], d["fifo_dir"], d["ctr"]
+        self.containerd, self.path = d["containerd"], d["path"]
 
     def ctr_argv(self, args):
         return [self.ctr_bin, "--address", self.sock, "--namespace", self.ns] + args
@@ -203,26 +165,6 @@ class Env:
                 continue
             found[flag_value(argv, "id") or d] = int(d)
         return found
-
-
-def shim_sockets():
-    try:
-        return sorted(os.listdir(SHIM_SOCKET_DIR))
-    except OSError:
-        return []
-
-
-def listened(path):
-    """False when nothing listens on the unix socket at path any more."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
-        c.settimeout(1)
-        try:
-            c.connect(path)
-        except (ConnectionRefusedError, FileNotFoundError):
-            return False
-        except OSError:
-            return True
-    return True
 
 
 def proc_argvs():
@@ -736,117 +678,21 @@ def print_table(res, meta):
 
 # ---------------------------------------------------------------- cleanup
 
-def cleanup(work, quiet=False):
+def cleanup(work, lab, quiet=False):
     """Undoes everything a run under WORK started; safe to call repeatedly."""
-    statef = os.path.join(work, "bench-state.json")
     if not os.path.isdir(work):
         return
-    try:
-        with open(statef) as f:
-            st = json.load(f)
-    except (OSError, ValueError):
-        st = None
-    if st:
-        def ctr(args, timeout=30):
-            try:
-                return subprocess.run([st["ctr"], "--address", st["sock"], "--namespace", st["ns"]] + args,
-                                      stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
-                                      env=dict(os.environ, PATH=st["path"]))
-            except (OSError, subprocess.TimeoutExpired):
-                return None
-        pid = st.get("containerd_pid")
-        alive = pid and os.path.exists(f"/proc/{pid}") and os.path.exists(st["sock"])
-        if alive:
-            r = ctr(["container", "ls", "-q"], timeout=10)
-            ids = r.stdout.split() if r and r.returncode == 0 else []
-            if ids and not quiet:
-                log(f"cleanup: removing {len(ids)} leftover containers")
-            for cid in ids:
-                ctr(["task", "kill", "-a", "-s", "KILL", cid], timeout=10)
-            for i in range(0, len(ids), 25):
-                r = ctr(["task", "delete", "-f"] + ids[i:i + 25], timeout=15)
-                if r is None and not quiet:
-                    log(f"cleanup: ctr task delete -f timed out; forcing")
-                ctr(["container", "delete"] + ids[i:i + 25], timeout=15)
-        if pid and os.path.exists(f"/proc/{pid}"):
-            try:
-                os.kill(pid, signal.SIGTERM)
-                for _ in range(100):
-                    try:
-                        if os.waitpid(pid, os.WNOHANG)[0]:
-                            break
-                    except ChildProcessError:
-                        if not os.path.exists(f"/proc/{pid}"):
-                            break
-                    time.sleep(0.05)
-                else:
-                    os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        # Containers whose shim could not delete them: force them out with runc.
-        runc = shutil.which("runc", path=st["path"])
-        nsroot = os.path.join("/run/containerd/runc", st["ns"])
-        if runc and os.path.isdir(nsroot):
-            for cid in os.listdir(nsroot):
-                subprocess.run([runc, "--root", nsroot, "delete", "-f", cid], capture_output=True, timeout=30)
-        # Shims of this daemon that are still up.
-        for d, argv in proc_argvs():
-            if argv and os.path.basename(argv[0]) in SHIM_BIN.values() and flag_value(argv, "address") == st["sock"]:
-                # Its socket: Keel names it on its command line; runc-v2's is
-                # sha256(address/namespace/id) under /run/containerd/s.
-                sockp = flag_value(argv, "socket")
-                if not sockp and flag_value(argv, "id"):
-                    h = hashlib.sha256(os.path.join(st["sock"], st["ns"], flag_value(argv, "id")).encode())
-                    sockp = os.path.join(SHIM_SOCKET_DIR, h.hexdigest())
-                try:
-                    os.kill(int(d), signal.SIGKILL)
-                    for _ in range(40):
-                        if not os.path.exists(f"/proc/{d}"):
-                            break
-                        time.sleep(0.05)
-                    if sockp and sockp.startswith(SHIM_SOCKET_DIR + "/"):
-                        try:
-                            os.unlink(sockp)
-                        except OSError:
-                            pass
-                    if not quiet:
-                        log(f"cleanup: killed leftover shim {d}: {' '.join(argv)}")
-                except ProcessLookupError:
-                    pass
-        try:
-            os.rmdir(nsroot)
-        except OSError:
-            pass
-        # Sockets of shims that exited without removing them (runc-v2 2.x
-        # leaves a grouped pod's), among those that appeared during the run.
-        before = set(st.get("sockets_before") or [])
-        for name in shim_sockets():
-            path = os.path.join(SHIM_SOCKET_DIR, name)
-            if name not in before and not listened(path):
-                try:
-                    os.unlink(path)
-                    if not quiet:
-                        log(f"cleanup: removed dead shim socket {path}")
-                except OSError:
-                    pass
-        # runc removes a container's cgroup but leaves the namespace's parent
-        # (one per v1 controller, and the unified one): empty by now.
-        try:
-            controllers = os.listdir("/sys/fs/cgroup")
-        except OSError:
-            controllers = []
-        for c in controllers:
-            d = os.path.join("/sys/fs/cgroup", c, st["ns"])
-            if os.path.isdir(d):
-                for sub in sorted((os.path.join(r, x) for r, dirs, _ in os.walk(d) for x in dirs), key=len, reverse=True):
-                    try:
-                        os.rmdir(sub)
-                    except OSError:
-                        pass
-                try:
-                    os.rmdir(d)
-                except OSError:
-                    pass
+    lab_dir = os.path.join(work, "containerd")
+    # Tasks, containers, the daemon, leftover shims, runtime state, cgroups,
+    # dead shim sockets and mounts: the tests' clean-up, through keel-lab.
+    if os.path.exists(os.path.join(lab_dir, "lab.json")):
+        r = subprocess.run([lab, "down", "--dir", lab_dir], stdin=subprocess.DEVNULL, capture_output=True,
+                           text=True, timeout=600)
+        if not quiet:
+            for line in (r.stderr or "").splitlines():
+                log(line)
+        if r.returncode != 0:
+            log(f"cleanup: keel-lab down: exit {r.returncode}")
     # Floor containers.
     froot = os.path.join(work, "floor-runc-root")
     if os.path.isdir(froot):
@@ -890,10 +736,11 @@ def main():
                     help="the containerd-shim-runc-v2 to compare with (the containerd line's own)")
     ap.add_argument("--rootfs", required=True)
     ap.add_argument("--work", required=True)
+    ap.add_argument("--lab", required=True, help="the harness's keel-lab binary")
     ap.add_argument("--cleanup", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.cleanup:
-        cleanup(a.work, quiet=False)
+        cleanup(a.work, a.lab, quiet=False)
         return 0
     for name in ("rounds", "containers", "parallel_rounds", "idle", "pod"):
         if getattr(a, name) < 1:
@@ -902,7 +749,7 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     major = 2 if a.containerd.startswith("2") else 1
-    env = Env(a.work, major, os.path.realpath(a.shim), a.runc_shim and os.path.realpath(a.runc_shim))
+    env = Env(a.work, major, os.path.realpath(a.shim), a.lab, a.runc_shim and os.path.realpath(a.runc_shim))
     res = Results()
     t0 = time.time()
     meta = {"containerd_major": "2.x" if major == 2 else "1.6", "rounds": a.rounds, "containers": a.containers,
@@ -960,7 +807,7 @@ def main():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         log("cleaning up")
-        cleanup(a.work)
+        cleanup(a.work, a.lab)
     if code:
         return code
     meta["load_end"] = cmd_out(["uptime"])

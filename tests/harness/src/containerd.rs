@@ -74,7 +74,26 @@ pub struct Containerd {
     pub pid: i32,
     /// Shim sockets that existed before this containerd started.
     sockets_before: BTreeSet<String>,
+    log_level: String,
 }
+
+/// How [`Containerd::launch`] starts a private containerd.
+pub struct Launch {
+    pub line: Line,
+    /// Its directory (root, state, socket, config, log, PATH dir, fifo dir).
+    pub dir: PathBuf,
+    /// The Keel binary to serve io.containerd.keel.v1.
+    pub shim: PathBuf,
+    /// The io.containerd.runc.v2 shim (default: the line's own).
+    pub runc_shim: Option<PathBuf>,
+    /// The namespace it creates for the caller.
+    pub ns: String,
+    /// containerd's --log-level (the tests' "debug" also turns on the shims' debug lines).
+    pub log_level: &'static str,
+}
+
+/// Where `detach` leaves a containerd's description.
+pub const LAB_FILE: &str = "lab.json";
 
 /// Where shims put their sockets (not configurable per containerd).
 const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
@@ -84,13 +103,9 @@ fn shim_socket_names() -> BTreeSet<String> {
 }
 
 impl Containerd {
-    /// Starts a private containerd of `line`, waits until it answers `ctr version`.
+    /// Starts a private containerd of `line` under /tmp/keel-it, with the
+    /// freshly built shim, and waits until it answers `ctr version`.
     pub fn start(line: Line) -> Containerd {
-        line.check_installed();
-        let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-keel-v1"));
-        assert!(shim.exists(), "the freshly built shim {} is missing", shim.display());
-
-        let sockets_before = shim_socket_names();
         let n = next_n();
         let dir = PathBuf::from(IT_BASE).join(format!(
             "{}-{}-{}",
@@ -102,6 +117,26 @@ impl Containerd {
             n
         ));
         let _ = fs::remove_dir_all(&dir);
+        Containerd::launch(&Launch {
+            line,
+            dir,
+            shim: built_shim(),
+            runc_shim: None,
+            ns: format!("kit-{}-{}", std::process::id(), n),
+            log_level: "debug",
+        })
+    }
+
+    /// Starts a private containerd as `how` says (its directory must not
+    /// hold another one) and waits until it answers `ctr version`.
+    pub fn launch(how: &Launch) -> Containerd {
+        let line = how.line;
+        line.check_installed();
+        let shim = &how.shim;
+        assert!(shim.exists(), "the shim under test {} is missing", shim.display());
+
+        let sockets_before = shim_socket_names();
+        let dir = how.dir.clone();
         fs::create_dir_all(&dir).expect("create private containerd dir");
         let root = dir.join("root");
         let state = dir.join("state");
@@ -111,26 +146,94 @@ impl Containerd {
             fs::create_dir_all(d).unwrap();
         }
         // The shim under test, and the runc-v2 shim matching this containerd.
-        std::os::unix::fs::symlink(&shim, bin_dir.join("containerd-shim-keel-v1")).unwrap();
-        std::os::unix::fs::symlink(line.runc_shim(), bin_dir.join("containerd-shim-runc-v2")).unwrap();
+        std::os::unix::fs::symlink(shim, bin_dir.join("containerd-shim-keel-v1")).unwrap();
+        let runc_shim = how.runc_shim.clone().unwrap_or_else(|| line.runc_shim());
+        std::os::unix::fs::symlink(runc_shim, bin_dir.join("containerd-shim-runc-v2")).unwrap();
         let config = dir.join("config.toml");
         fs::write(&config, config_toml()).unwrap();
         let sock = dir.join("containerd.sock");
         let log = dir.join("containerd.log");
         let logf = File::create(&log).unwrap();
-        let ns = format!("kit-{}-{}", std::process::id(), n);
-        let mut cd =
-            Containerd { line, dir, root, state, sock, log, fifo_dir, bin_dir, ns, child: Mutex::new(None), pid: 0, sockets_before };
+        let ns = how.ns.clone();
+        let mut cd = Containerd {
+            line,
+            dir,
+            root,
+            state,
+            sock,
+            log,
+            fifo_dir,
+            bin_dir,
+            ns,
+            child: Mutex::new(None),
+            pid: 0,
+            sockets_before,
+            log_level: how.log_level.to_string(),
+        };
         cd.spawn_daemon(logf);
         cd.wait_answering("start", Duration::from_secs(20));
         cd.ctr_ok(&["namespaces", "create", &cd.ns.clone()]);
         cd
     }
 
+    /// What a process other than the one that launched this containerd needs
+    /// to use it and clean it up ([`Containerd::reattach`]).
+    pub fn description(&self) -> serde_json::Value {
+        serde_json::json!({
+            "line": self.line.name(),
+            "dir": self.dir, "sock": self.sock, "ns": self.ns, "pid": self.pid,
+            "containerd": self.line.containerd(), "ctr": self.line.ctr(),
+            "bin_dir": self.bin_dir, "fifo_dir": self.fifo_dir, "log": self.log,
+            "path": self.daemon_path(), "sockets_before": self.sockets_before,
+        })
+    }
+
+    /// Leaves the daemon running when this handle goes (for `keel-lab up`):
+    /// its description is written to `<dir>/lab.json` for a later reattach.
+    pub fn detach(self) -> serde_json::Value {
+        let d = self.description();
+        fs::write(self.dir.join(LAB_FILE), d.to_string()).expect("write lab.json");
+        // The child handle is dropped without a wait: the daemon is reparented.
+        self.child.lock().unwrap().take();
+        std::mem::forget(self);
+        d
+    }
+
+    /// The containerd a `detach` left in `dir`; dropping it cleans up as a
+    /// test's does (tasks, containers, daemon, shims, runtime state, mounts, dir).
+    pub fn reattach(dir: &Path) -> Result<Containerd, String> {
+        let file = dir.join(LAB_FILE);
+        let text = fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+        let s = |k: &str| v[k].as_str().map(str::to_string).ok_or_else(|| format!("{}: no {k:?}", file.display()));
+        let line = Line::parse(&s("line")?).ok_or_else(|| format!("{}: unknown line", file.display()))?;
+        let dir = PathBuf::from(s("dir")?);
+        Ok(Containerd {
+            line,
+            root: dir.join("root"),
+            state: dir.join("state"),
+            bin_dir: dir.join("bin"),
+            fifo_dir: dir.join("fifo"),
+            sock: PathBuf::from(s("sock")?),
+            log: PathBuf::from(s("log")?),
+            ns: s("ns")?,
+            child: Mutex::new(None),
+            pid: v["pid"].as_i64().unwrap_or(0) as i32,
+            sockets_before: v["sockets_before"].as_array().into_iter().flatten().filter_map(|x| x.as_str().map(str::to_string)).collect(),
+            log_level: "info".into(),
+            dir,
+        })
+    }
+
+    /// containerd's PATH: the shims under test first.
+    fn daemon_path(&self) -> String {
+        format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", self.bin_dir.display())
+    }
+
     /// Spawns the daemon with this config, root, state, socket and PATH
     /// (the shims under test first), its output going to `logf`.
     pub fn spawn_daemon(&mut self, logf: File) {
-        let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", self.bin_dir.display());
+        let path = self.daemon_path();
         let mut cmd = Command::new(self.line.containerd());
         cmd.arg("--config")
             .arg(self.dir.join("config.toml"))
@@ -141,7 +244,7 @@ impl Containerd {
             .arg("--address")
             .arg(&self.sock)
             .arg("--log-level")
-            .arg("debug")
+            .arg(&self.log_level)
             .env("PATH", &path)
             .envs(robust::extra_env())
             .env_remove("CONTAINERD_ADDRESS")
@@ -380,7 +483,10 @@ impl Containerd {
         let quick = Duration::from_secs(10);
         let shim_sockets = self.shim_sockets();
         let mut namespaces = self.namespaces_on_disk();
-        let alive = self.child.lock().unwrap().as_mut().map(|c| matches!(c.try_wait(), Ok(None))).unwrap_or(false);
+        let alive = match self.child.lock().unwrap().as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => self.pid > 0 && pid_alive(self.pid),
+        };
         if alive {
             for ns in self.namespaces() {
                 namespaces.insert(ns.clone());
@@ -408,6 +514,15 @@ impl Containerd {
             let (_, timed_out) = wait_deadline(&mut child, Instant::now() + Duration::from_secs(5));
             if timed_out {
                 eprintln!("cleanup: containerd ignored SIGTERM for 5s, killed");
+            }
+        } else if alive {
+            // A reattached daemon is not our child: signal it and watch its pid.
+            // SAFETY: signalling the pid its description names, checked alive above.
+            unsafe { libc::kill(self.pid, libc::SIGTERM) };
+            if poll(Duration::from_secs(5), || (!pid_alive(self.pid)).then_some(())).is_none() {
+                eprintln!("cleanup: containerd ignored SIGTERM for 5s, killed");
+                // SAFETY: as above.
+                unsafe { libc::kill(self.pid, libc::SIGKILL) };
             }
         }
         // Leftover shims of this containerd.

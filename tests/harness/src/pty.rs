@@ -79,11 +79,6 @@ impl PtyProc {
         assert_eq!(r, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
     }
 
-    /// Types into the terminal.
-    pub fn write(&mut self, data: &[u8]) {
-        self.master.write_all(data).unwrap();
-    }
-
     /// Waits for exit (killing at the deadline); returns (exit code, output).
     pub fn wait(mut self, timeout: Duration) -> (Option<i32>, bool, String) {
         let (st, timed_out) = wait_deadline(&mut self.child, Instant::now() + timeout);

@@ -9,7 +9,6 @@
 //! - host scans: zombies, fd counts, runtime state dirs, cgroups of a namespace,
 //! - stand-in runtime scripts (a runc wrapper that hangs on one call) and
 //!   runtime-options TOML files for `ctr run --runtime-config-path`.
-#![allow(dead_code)]
 
 use super::*;
 use std::cell::RefCell;
@@ -201,8 +200,6 @@ pub struct Shim {
 
 pub const ST_CREATED: EnumOrUnknown<pb::Status> = EnumOrUnknown::from_i32(pb::Status::CREATED as i32);
 pub const ST_RUNNING: EnumOrUnknown<pb::Status> = EnumOrUnknown::from_i32(pb::Status::RUNNING as i32);
-pub const ST_STOPPED: EnumOrUnknown<pb::Status> = EnumOrUnknown::from_i32(pb::Status::STOPPED as i32);
-pub const ST_PAUSED: EnumOrUnknown<pb::Status> = EnumOrUnknown::from_i32(pb::Status::PAUSED as i32);
 
 impl Shim {
     /// The shim serving container `id` of the test namespace (from its bundle).

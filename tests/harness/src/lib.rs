@@ -11,27 +11,26 @@
 //! in /run/containerd/runc/<namespace>/ (the default root, which the tests check
 //! for leftovers); every test uses its own namespace, and `Drop` removes what
 //! its own shims leave there.
-#![allow(dead_code)]
 
-// The test-declaring macros every suite uses (`#[macro_use] mod common;`).
-// Defined before the submodules so that they can use them too.
+// The test-declaring macros every suite uses
+// (`#[macro_use] extern crate keel_harness as common;`).
 
 /// `per_line!(name, f)`: module `name` with one test per containerd line,
 /// each calling `f(Line)` (a function path or a closure).
-#[allow(unused_macros)]
+#[macro_export]
 macro_rules! per_line {
     ($name:ident, $f:expr) => {
         mod $name {
             use super::*;
             #[test]
             fn containerd_1_6() {
-                let f: fn(Line) = $f;
-                f(Line::V16)
+                let f: fn($crate::Line) = $f;
+                f($crate::Line::V16)
             }
             #[test]
             fn containerd_2() {
-                let f: fn(Line) = $f;
-                f(Line::V2)
+                let f: fn($crate::Line) = $f;
+                f($crate::Line::V2)
             }
         }
     };
@@ -41,16 +40,18 @@ macro_rules! per_line {
 /// runtime variant a module holding, per scenario `s(Line, &str)`, one test
 /// per containerd line; `runner` wraps the call (`common::direct`, or
 /// `common::production::as_crun_variant`).
-#[allow(unused_macros)]
+// `crate::$s` is meant: the scenarios are functions of the calling suite.
+#[allow(clippy::crate_in_macro_def)]
+#[macro_export]
 macro_rules! scenarios {
     ([$(($module:ident, $rt:ident, $run:path)),+ $(,)?], $ss:tt) => {
-        $( scenarios!(@variant $module, $rt, $run, $ss); )+
+        $( $crate::scenarios!(@variant $module, $rt, $run, $ss); )+
     };
     (@variant $module:ident, $rt:ident, $run:path, [$($s:ident),* $(,)?]) => {
         mod $module {
             $(
                 mod $s {
-                    use crate::common::{Line, $rt};
+                    use $crate::{Line, $rt};
                     #[test]
                     fn containerd_1_6() { $run(|| crate::$s(Line::V16, $rt)) }
                     #[test]
@@ -119,6 +120,24 @@ pub const CONTAINER_PATH: &str = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Default deadline of one `ctr` call.
 pub const CTR_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The repository (this crate lives in its tests/harness).
+pub fn repo_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The freshly built shim: `KEEL_SHIM`, else the one cargo built next to the
+/// running test binary (`target/<triple>/release/deps/<test>` →
+/// `target/<triple>/release/containerd-shim-keel-v1`), as cargo builds a
+/// package's binaries before its integration tests.
+pub fn built_shim() -> PathBuf {
+    if let Some(p) = std::env::var_os("KEEL_SHIM") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the test binary's own path");
+    let profile_dir = exe.parent().and_then(|deps| if deps.ends_with("deps") { deps.parent() } else { Some(deps) });
+    profile_dir.map(|d| d.join("containerd-shim-keel-v1")).unwrap_or_else(|| PathBuf::from("containerd-shim-keel-v1"))
+}
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 

@@ -16,7 +16,7 @@ use super::{run_cmd, truncate, Containerd, Line};
 pub const TEST_IMAGE: &str = "keel.test/busybox:latest";
 
 fn repo_path(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+    crate::repo_dir().join(rel)
 }
 
 /// Runs `f` under an exclusive flock on `lock` (created, with its directory):

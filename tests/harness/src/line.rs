@@ -19,6 +19,15 @@ impl Line {
         }
     }
 
+    /// The line a name (its `name()`, or "1.6" / "2" / "2.x") stands for.
+    pub fn parse(s: &str) -> Option<Line> {
+        match s {
+            "containerd-1.6" | "1.6" | "1" => Some(Line::V16),
+            "containerd-2.x" | "2.x" | "2" => Some(Line::V2),
+            _ => None,
+        }
+    }
+
     pub fn bin_dir(self) -> &'static Path {
         match self {
             Line::V16 => Path::new("/usr/bin"),

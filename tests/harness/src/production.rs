@@ -12,7 +12,6 @@
 //!
 //! Free functions rather than `impl Containerd` methods, so that names never
 //! clash with the other helper modules' inherent methods.
-#![allow(dead_code)]
 
 use super::*;
 use std::cell::Cell;
