@@ -83,10 +83,8 @@ fn read_stdin() -> Vec<u8> {
 /// OCI runtime's own `features` document.
 pub fn info() -> Result<()> {
     let input = read_stdin();
-    let any = (!input.is_empty())
-        .then(|| Any::parse_from_bytes(&input))
-        .transpose()
-        .map_err(|e| Error::InvalidArgument(format!("runtime options on stdin: {e}")))?;
+    let any =
+        (!input.is_empty()).then(|| Any::parse_from_bytes(&input)).transpose().map_err(Error::malformed("runtime options on stdin"))?;
     let opts = crate::options::decode(any.as_ref())?;
     let binary = opts.binary();
     let out =
@@ -106,7 +104,7 @@ pub fn info() -> Result<()> {
         .into(),
         ..Default::default()
     };
-    let bytes = info.write_to_bytes().map_err(|e| Error::Internal(format!("encode runtime info: {e}")))?;
+    let bytes = info.write_to_bytes().map_err(Error::internal("encode runtime info"))?;
     std::io::stdout().write_all(&bytes).map_err(|e| Error::io("write runtime info", e))
 }
 
@@ -182,7 +180,7 @@ pub fn start(flags: &Flags) -> Result<()> {
 fn print_reply(address: &str, bootstrap: bool) -> Result<()> {
     let out = if bootstrap {
         let r = BootstrapResult { version: 3, address: address.to_string(), protocol: "ttrpc".into(), ..Default::default() };
-        r.write_to_bytes().map_err(|e| Error::Internal(format!("encode bootstrap result: {e}")))?
+        r.write_to_bytes().map_err(Error::internal("encode bootstrap result"))?
     } else {
         // A plain address: every containerd from 1.6 on accepts it and then
         // speaks task v2, which Keel serves next to v3.
@@ -251,7 +249,7 @@ pub fn delete(flags: &Flags) -> Result<()> {
         exited_at: Some(timestamp(SystemTime::now())).into(),
         ..Default::default()
     };
-    let bytes = resp.write_to_bytes().map_err(|e| Error::Internal(format!("encode delete response: {e}")))?;
+    let bytes = resp.write_to_bytes().map_err(Error::internal("encode delete response"))?;
     std::io::stdout().write_all(&bytes).map_err(|e| Error::io("write delete response", e))
 }
 

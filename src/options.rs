@@ -61,8 +61,8 @@ pub fn decode(any: Option<&Any>) -> Result<RuntimeOptions> {
     };
     match type_name(any) {
         RUNC_OPTIONS => {
-            let o = Options::parse_from_bytes(&any.value)
-                .map_err(|e| Error::InvalidArgument(format!("runtime options {}: malformed: {e}", any.type_url)))?;
+            let o =
+                Options::parse_from_bytes(&any.value).map_err(Error::malformed(format!("runtime options {}: malformed", any.type_url)))?;
             Ok(RuntimeOptions {
                 binary_name: o.binary_name,
                 root: o.root,
@@ -77,20 +77,17 @@ pub fn decode(any: Option<&Any>) -> Result<RuntimeOptions> {
             })
         }
         CRI_OPTIONS => {
-            let (config_path, config_body) = decode_cri_options(&any.value)
-                .map_err(|e| Error::InvalidArgument(format!("runtime options {}: malformed: {e}", any.type_url)))?;
+            let (config_path, config_body) =
+                decode_cri_options(&any.value).map_err(Error::malformed(format!("runtime options {}: malformed", any.type_url)))?;
             let body = if !config_body.is_empty() {
                 String::from_utf8(config_body).map_err(|_| Error::InvalidArgument("runtime options ConfigBody is not UTF-8 TOML".into()))?
             } else if !config_path.is_empty() {
-                std::fs::read_to_string(&config_path)
-                    .map_err(|e| Error::InvalidArgument(format!("runtime options ConfigPath {config_path:?}: {e}")))?
+                std::fs::read_to_string(&config_path).map_err(Error::malformed(format!("runtime options ConfigPath {config_path:?}")))?
             } else {
                 return Ok(RuntimeOptions::default());
             };
-            from_toml(&body).map_err(|e| {
-                let source = if config_path.is_empty() { "ConfigBody".to_string() } else { format!("ConfigPath {config_path:?}") };
-                Error::InvalidArgument(format!("runtime options {source}: {e}"))
-            })
+            let input = if config_path.is_empty() { "ConfigBody".to_string() } else { format!("ConfigPath {config_path:?}") };
+            from_toml(&body).map_err(Error::malformed(format!("runtime options {input}")))
         }
         _ => Err(Error::InvalidArgument(format!(
             "runtime options of type {:?} are not supported (want {RUNC_OPTIONS} or {CRI_OPTIONS})",
@@ -156,12 +153,13 @@ pub fn checkpoint_options(any: Option<&Any>) -> Result<CheckpointOptions> {
     if type_name(any) != "containerd.runc.v1.CheckpointOptions" {
         return Err(Error::InvalidArgument(format!("checkpoint options of type {:?} are not supported", any.type_url)));
     }
-    CheckpointOptions::parse_from_bytes(&any.value).map_err(|e| Error::InvalidArgument(format!("checkpoint options: malformed: {e}")))
+    CheckpointOptions::parse_from_bytes(&any.value).map_err(Error::malformed("checkpoint options: malformed"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use containerd_shim_protos::ttrpc::Code;
 
     #[test]
     fn runc_options_decode_with_or_without_a_url_host() {
@@ -203,13 +201,14 @@ mod tests {
     #[test]
     fn cri_options_with_typos_or_missing_files_are_invalid() {
         let err = decode(Some(&cri_any("", "BinaryNme = \"crun\""))).expect_err("typo");
-        assert!(matches!(&err, Error::InvalidArgument(m) if m.contains("BinaryNme")), "{err}");
+        assert!(err.code() == Code::INVALID_ARGUMENT && err.to_string().contains("BinaryNme"), "{err}");
+        assert!(std::error::Error::source(&err).is_some(), "the TOML error is kept as the source: {err:?}");
         let err = decode(Some(&cri_any("", "SystemdCgroup = \"yes\""))).expect_err("type");
         assert!(err.to_string().contains("SystemdCgroup"), "{err}");
         let err = decode(Some(&cri_any("/nonexistent/keel.toml", ""))).expect_err("missing file");
         assert!(err.to_string().contains("/nonexistent/keel.toml"), "{err}");
         let err = decode(Some(&cri_any("", "BinaryName = "))).expect_err("bad toml");
-        assert!(matches!(err, Error::InvalidArgument(_)));
+        assert_eq!(err.code(), Code::INVALID_ARGUMENT, "{err}");
     }
 
     #[test]
@@ -217,7 +216,8 @@ mod tests {
         let unknown = Any { type_url: "example.Other".into(), value: vec![1, 2], ..Default::default() };
         assert!(matches!(decode(Some(&unknown)), Err(Error::InvalidArgument(m)) if m.contains("example.Other")));
         let garbage = Any { type_url: RUNC_OPTIONS.into(), value: vec![0xff, 0xff, 0xff], ..Default::default() };
-        assert!(matches!(decode(Some(&garbage)), Err(Error::InvalidArgument(_))));
+        let err = decode(Some(&garbage)).expect_err("garbage");
+        assert_eq!(err.code(), Code::INVALID_ARGUMENT, "{err}");
         assert_eq!(decode(None).expect("none"), RuntimeOptions::default());
     }
 }

@@ -74,7 +74,7 @@ async fn serve(flags: &Flags) -> Result<()> {
         services.insert(TASK_V2.to_string(), svc);
     }
     let mut server = Server::new().add_listener(listener).register_service(services);
-    server.start().await.map_err(|e| Error::Internal(format!("start ttrpc server: {e}")))?;
+    server.start().await.map_err(Error::internal("start ttrpc server"))?;
     log::info!("serving on {}", flags.socket);
 
     // containerd calls Create right after `start`. A shim that hears nothing

@@ -75,7 +75,7 @@ impl Service {
         if id.is_empty() {
             return Err(Error::InvalidArgument("task id must not be empty".into()));
         }
-        self.tasks.get(&self.ns(ctx), id)
+        Ok(self.tasks.get(&self.ns(ctx), id)?)
     }
 
     async fn do_create(&self, ctx: &TtrpcContext, req: CreateTaskRequest) -> Result<CreateTaskResponse> {

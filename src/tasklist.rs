@@ -4,12 +4,37 @@ use crate::sync::lock;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::error::{Error, Result};
+use containerd_shim_protos::ttrpc::Code;
+
+/// A task id that is malformed, taken or unknown.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TaskListError {
+    #[error("invalid {kind} {id:?}: {why}")]
+    BadId { kind: String, id: String, why: String },
+    #[error("task {id} already exists in namespace {namespace}")]
+    Exists { id: String, namespace: String },
+    #[error("task {id} is already being created in namespace {namespace}")]
+    Creating { id: String, namespace: String },
+    #[error("task {id} not found in namespace {namespace}")]
+    NotFound { id: String, namespace: String },
+}
+
+impl TaskListError {
+    pub fn code(&self) -> Code {
+        match self {
+            TaskListError::BadId { .. } => Code::INVALID_ARGUMENT,
+            TaskListError::Exists { .. } | TaskListError::Creating { .. } => Code::ALREADY_EXISTS,
+            TaskListError::NotFound { .. } => Code::NOT_FOUND,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, TaskListError>;
 
 /// containerd's identifier rules: 1-76 characters, alphanumerics separated by
 /// single `.`, `_` or `-`, starting and ending with an alphanumeric.
 pub fn validate_id(kind: &str, id: &str) -> Result<()> {
-    let bad = |why: &str| Err(Error::InvalidArgument(format!("invalid {kind} {id:?}: {why}")));
+    let bad = |why: &str| Err(TaskListError::BadId { kind: kind.into(), id: id.into(), why: why.into() });
     if id.is_empty() {
         return bad("must not be empty");
     }
@@ -79,10 +104,10 @@ impl<T> TaskList<T> {
         let mut reserved = lock(&self.reserved);
         let key = (namespace.to_string(), id.to_string());
         if all.get(namespace).is_some_and(|ns| ns.contains_key(id)) {
-            return Err(Error::AlreadyExists(format!("task {id} already exists in namespace {namespace}")));
+            return Err(TaskListError::Exists { id: id.into(), namespace: namespace.into() });
         }
         if !reserved.insert(key.clone()) {
-            return Err(Error::AlreadyExists(format!("task {id} is already being created in namespace {namespace}")));
+            return Err(TaskListError::Creating { id: id.into(), namespace: namespace.into() });
         }
         Ok(Reservation { list: self, key })
     }
@@ -91,7 +116,7 @@ impl<T> TaskList<T> {
         self.lock()
             .get(namespace)
             .and_then(|ns| ns.get(id).cloned())
-            .ok_or_else(|| Error::NotFound(format!("task {id} not found in namespace {namespace}")))
+            .ok_or_else(|| TaskListError::NotFound { id: id.into(), namespace: namespace.into() })
     }
 
     pub fn remove(&self, namespace: &str, id: &str) -> Option<Arc<T>> {
@@ -124,7 +149,7 @@ mod tests {
         }
         for bad in ["", "-a", "a-", "a--b", "a/b", "a b", "ä", &"x".repeat(77)] {
             let err = validate_id("container id", bad).expect_err(bad);
-            assert!(matches!(err, Error::InvalidArgument(_)));
+            assert!(matches!(err, TaskListError::BadId { .. }));
             assert!(err.to_string().contains(&format!("{bad:?}")), "names the id: {err}");
         }
     }
@@ -135,9 +160,9 @@ mod tests {
         list.reserve("a", "c1").expect("reserve").commit(Arc::new(1));
         list.reserve("b", "c1").expect("same id, other namespace").commit(Arc::new(2));
         let dup = list.reserve("a", "c1").err().expect("duplicate");
-        assert!(matches!(dup, Error::AlreadyExists(_)));
+        assert!(matches!(dup, TaskListError::Exists { .. }));
         assert_eq!(*list.get("b", "c1").expect("get"), 2);
-        assert!(matches!(list.get("c", "c1"), Err(Error::NotFound(_))));
+        assert!(matches!(list.get("c", "c1"), Err(TaskListError::NotFound { .. })));
         assert_eq!(list.len(), 2);
         list.remove("a", "c1");
         assert!(list.get("a", "c1").is_err());
@@ -149,13 +174,13 @@ mod tests {
         let list: TaskList<u32> = TaskList::default();
         let r = list.reserve("a", "c1").expect("reserve");
         let again = list.reserve("a", "c1").err().expect("second reserve of c1 must fail");
-        assert!(matches!(again, Error::AlreadyExists(_)), "{again}");
+        assert!(matches!(again, TaskListError::Creating { .. }), "{again}");
         assert!(again.to_string().contains("c1"), "names the id: {again}");
         assert!(list.reserve("b", "c1").is_ok(), "other namespace is free");
         drop(r);
         let r = list.reserve("a", "c1").expect("released by drop: a failed Create frees the id");
         r.commit(Arc::new(7));
         assert_eq!(*list.get("a", "c1").expect("committed"), 7);
-        assert!(matches!(list.reserve("a", "c1"), Err(Error::AlreadyExists(_))), "a committed task holds the id");
+        assert!(matches!(list.reserve("a", "c1"), Err(TaskListError::Exists { .. })), "a committed task holds the id");
     }
 }

@@ -54,7 +54,9 @@ fn join_cgroup(pid: u32, path: &str, mountinfo: &str) -> Result<(), ShimCgroupEr
     });
     if res.is_err() {
         for dir in created.iter().rev() {
-            let _ = std::fs::remove_dir(dir);
+            if let Err(e) = std::fs::remove_dir(dir) {
+                log::warn!("shim cgroup {path}: remove {} after the failed join: {e}", dir.display());
+            }
         }
     }
     res

@@ -104,11 +104,11 @@ impl Container {
             let st = self.init.lock();
             self.init.check(&st, Op::Update, &self.id)?;
         }
-        let res: oci_spec::runtime::LinuxResources = serde_json::from_slice(&resources.value)
-            .map_err(|e| Error::InvalidArgument(format!("task {}: invalid resources: {e}", self.id)))?;
-        crate::resources::validate(&res).map_err(|m| Error::InvalidArgument(format!("task {}: {m}", self.id)))?;
+        let res: oci_spec::runtime::LinuxResources =
+            serde_json::from_slice(&resources.value).map_err(Error::malformed(format!("task {}: invalid resources", self.id)))?;
+        crate::resources::validate(&res).map_err(Error::malformed(format!("task {}", self.id)))?;
         let file = self.bundle.join("update-resources.json");
-        let json = serde_json::to_vec(&res).map_err(|e| Error::Internal(format!("encode resources: {e}")))?;
+        let json = serde_json::to_vec(&res).map_err(Error::internal("encode resources"))?;
         std::fs::write(&file, json).map_err(|e| Error::io(format!("write {}", file.display()), e))?;
         let r = self.runtime.update(&self.id, &file).await;
         self.remove_file(&file);

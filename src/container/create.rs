@@ -32,7 +32,7 @@ fn load_spec(bundle: &Path, id: &str) -> Result<Spec> {
         std::io::ErrorKind::NotFound => Error::NotFound(format!("container {id}: {} does not exist", path.display())),
         _ => Error::io(format!("container {id}: read {}", path.display()), e),
     })?;
-    serde_json::from_slice(&text).map_err(|e| Error::InvalidArgument(format!("container {id}: malformed {}: {e}", path.display())))
+    serde_json::from_slice(&text).map_err(Error::malformed(format!("container {id}: malformed {}", path.display())))
 }
 
 fn has_own_pid_ns(spec: &Spec) -> bool {

@@ -13,10 +13,9 @@ use crate::stdio::{self, StdioConfig};
 impl Container {
     pub fn add_exec(&self, exec_id: &str, stdio: StdioConfig, spec: Vec<u8>) -> Result<()> {
         crate::tasklist::validate_id("exec id", exec_id)?;
-        let invalid =
-            |e: serde_json::Error| Error::InvalidArgument(format!("exec {exec_id} of task {}: invalid process spec: {e}", self.id));
-        serde_json::from_slice::<oci_spec::runtime::Process>(&spec).map_err(invalid)?;
-        let spec = with_terminal(&spec, stdio.terminal).map_err(invalid)?;
+        let invalid = || Error::malformed::<serde_json::Error>(format!("exec {exec_id} of task {}: invalid process spec", self.id));
+        serde_json::from_slice::<oci_spec::runtime::Process>(&spec).map_err(invalid())?;
+        let spec = with_terminal(&spec, stdio.terminal).map_err(invalid())?;
         stdio::parse_target(&stdio.stdout).and(stdio::parse_target(&stdio.stderr)).map_err(Error::from)?;
         {
             // An init that died but whose exit is held for a starting exec is

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use containerd_shim_protos::events::task::{TaskOOM, TaskStart};
 
 pub use create::CreateRequest;
+pub use process::StateError;
 use process::{Op, Process, Status};
 
 use crate::cgroups::oom::OomMonitor;
@@ -173,7 +174,7 @@ impl Container {
         if p.is_init() {
             return self.runtime.kill(&self.id, signal, all).await.map_err(|e| {
                 if e.already_gone() {
-                    Error::NotFound(format!("task {}: process already finished", self.id))
+                    StateError::Finished { what: p.describe(&self.id) }.into()
                 } else {
                     e.into()
                 }
@@ -188,7 +189,7 @@ impl Container {
             },
         };
         sent.map_err(|e| match e.raw_os_error() {
-            Some(libc::ESRCH) => Error::NotFound(format!("{}: process already finished", p.describe(&self.id))),
+            Some(libc::ESRCH) => StateError::Finished { what: p.describe(&self.id) }.into(),
             _ => Error::io(format!("kill {}", p.describe(&self.id)), e),
         })
     }
@@ -197,17 +198,19 @@ impl Container {
     /// Returns the deleted process for the reply.
     pub async fn delete(&self, exec_id: &str) -> Result<Arc<Process>> {
         let p = self.process(exec_id)?;
+        if !p.is_init() {
+            // Checked and moved under one lock: a Start cannot slip in between.
+            let mut st = p.lock();
+            p.check(&st, Op::Delete, &self.id)?;
+            p.transition(&mut st, Status::Deleted, &self.id)?;
+            drop(st);
+            lock(&self.execs).remove(exec_id);
+            p.close_io();
+            return Ok(p);
+        }
         {
             let st = p.lock();
             p.check(&st, Op::Delete, &self.id)?;
-        }
-        if !p.is_init() {
-            lock(&self.execs).remove(exec_id);
-            let mut st = p.lock();
-            let _ = p.transition(&mut st, Status::Deleted, &self.id);
-            drop(st);
-            p.close_io();
-            return Ok(p);
         }
         self.runtime.delete(&self.id, true).await?;
         self.cleanup();
@@ -217,7 +220,10 @@ impl Container {
             st.exit_status = 137;
             st.exited_at = Some(std::time::SystemTime::now());
         }
-        let _ = p.transition(&mut st, Status::Deleted, &self.id);
+        // The runtime has deleted it whatever it was doing meanwhile.
+        if let Err(e) = p.transition(&mut st, Status::Deleted, &self.id) {
+            log::warn!("task {}: deleted by the runtime, but {e}", self.id);
+        }
         drop(st);
         for e in lock(&self.execs).drain().map(|(_, e)| e) {
             e.close_io();

@@ -7,9 +7,42 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use crate::error::{Error, Result};
+use containerd_shim_protos::ttrpc::Code;
+
+use crate::error::Result;
 use crate::reaper::Exit;
 use crate::stdio::{IoHandle, StdioConfig};
+
+/// What a process's state refuses (from [`Process::check`] and
+/// [`Process::transition`]), naming the process and its state.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    #[error("{what} is already starting")]
+    AlreadyStarting { what: String },
+    #[error("{what}: process already finished")]
+    Finished { what: String },
+    #[error("{what}: process not started")]
+    NotStarted { what: String },
+    #[error("cannot exec in {what}: it is stopped")]
+    Stopped { what: String },
+    #[error("cannot start exec {exec} of {what}: the init process is not running")]
+    InitNotRunning { exec: String, what: String },
+    #[error("cannot {verb} {what}: it is {state}")]
+    Refused { verb: &'static str, what: String, state: &'static str },
+    #[error("{what} is {from}: cannot move it to {to}")]
+    Transition { what: String, from: &'static str, to: &'static str },
+}
+
+impl StateError {
+    /// containerd and the CRI plugin take NotFound from a kill as "already
+    /// dead" (runc-v2's checkKillError); every other refusal is a precondition.
+    pub fn code(&self) -> Code {
+        match self {
+            StateError::Finished { .. } => Code::NOT_FOUND,
+            _ => Code::FAILED_PRECONDITION,
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -183,12 +216,7 @@ impl Process {
                 | (Stopped, Deleted)
         );
         if !ok {
-            return Err(Error::FailedPrecondition(format!(
-                "{} is {}: cannot move it to {}",
-                self.describe(container),
-                st.status.name(),
-                to.name()
-            )));
+            return Err(StateError::Transition { what: self.describe(container), from: st.status.name(), to: to.name() }.into());
         }
         st.status = to;
         if matches!(to, Stopped | Deleted) {
@@ -202,32 +230,33 @@ impl Process {
     /// an exit collected but not yet reported (`reaped` while still running:
     /// the init's exit held for an exec, or an exit during Start).
     pub fn check(&self, st: &State, op: Op, container: &str) -> Result<()> {
+        self.refusal(st, op, container).map_or(Ok(()), |e| Err(e.into()))
+    }
+
+    fn refusal(&self, st: &State, op: Op, container: &str) -> Option<StateError> {
         use Status::*;
-        let what = self.describe(container);
+        let what = || self.describe(container);
         let s = st.status;
         let gone = st.reaped || matches!(s, Stopped | Deleted);
         match op {
-            Op::Start if st.starting => Err(Error::FailedPrecondition(format!("{what} is already starting"))),
-            Op::Start if s == Created => Ok(()),
-            // containerd and the CRI plugin take NotFound as "already dead"
-            // (runc-v2's checkKillError); a reaped pid may have been reused.
-            Op::Kill if gone => Err(Error::NotFound(format!("{what}: process already finished"))),
-            Op::Kill if !self.is_init() && st.pid == 0 => Err(Error::FailedPrecondition(format!("{what}: process not started"))),
-            Op::Kill => Ok(()),
-            Op::Delete if matches!(s, Created | Stopped) => Ok(()),
+            Op::Start if st.starting => Some(StateError::AlreadyStarting { what: what() }),
+            Op::Start if s == Created => None,
+            // A reaped pid may have been reused: never signalled again.
+            Op::Kill if gone => Some(StateError::Finished { what: what() }),
+            Op::Kill if !self.is_init() && st.pid == 0 => Some(StateError::NotStarted { what: what() }),
+            Op::Kill => None,
+            Op::Delete if matches!(s, Created | Stopped) => None,
             // An init whose exit is held still looks running: an exec may be
             // added (containerd issue 10589), but not started.
-            Op::AddExec if !matches!(s, Stopped | Deleted) => Ok(()),
-            Op::AddExec => Err(Error::FailedPrecondition(format!("cannot exec in {what}: it is stopped"))),
-            Op::StartExec(exec) if gone => {
-                Err(Error::FailedPrecondition(format!("cannot start exec {exec} of {what}: the init process is not running")))
-            }
-            Op::StartExec(_) => Ok(()),
-            Op::Pause if s == Running => Ok(()),
-            Op::Resume if s == Paused => Ok(()),
-            Op::Update | Op::Stats if matches!(s, Created | Running | Paused) => Ok(()),
-            Op::Checkpoint if matches!(s, Running | Paused) => Ok(()),
-            _ => Err(Error::FailedPrecondition(format!("cannot {} {what}: it is {}", op.verb(), s.name()))),
+            Op::AddExec if !matches!(s, Stopped | Deleted) => None,
+            Op::AddExec => Some(StateError::Stopped { what: what() }),
+            Op::StartExec(exec) if gone => Some(StateError::InitNotRunning { exec: exec.to_string(), what: what() }),
+            Op::StartExec(_) => None,
+            Op::Pause if s == Running => None,
+            Op::Resume if s == Paused => None,
+            Op::Update | Op::Stats if matches!(s, Created | Running | Paused) => None,
+            Op::Checkpoint if matches!(s, Running | Paused) => None,
+            _ => Some(StateError::Refused { verb: op.verb(), what: what(), state: s.name() }),
         }
     }
 

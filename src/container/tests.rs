@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::process::Status;
+use super::process::{StateError, Status};
 use super::{lock, Container, CreateRequest};
 use crate::error::Error;
 use crate::events::recording::{self, Recorded};
@@ -245,7 +245,7 @@ async fn an_execs_exit_comes_before_its_inits() {
     assert_eq!(r.events().await, Vec::<String>::new(), "the init's exit waits for the running exec's");
     // Reaped but not yet reported: its pid may be reused, so no signal goes out.
     let before = r.calls().len();
-    assert!(matches!(r.c.kill("", 9, false).await, Err(Error::NotFound(_))));
+    assert!(matches!(r.c.kill("", 9, false).await, Err(Error::State(StateError::Finished { .. }))));
     assert_eq!(r.calls().len(), before, "a reaped init is never signalled");
     r.die(exec, 137).await;
     assert_eq!(r.events().await, ["/tasks/exit e1 137", "/tasks/exit c1 137"]);
@@ -268,7 +268,7 @@ async fn an_init_that_dies_while_an_exec_starts_holds_its_exit() {
     assert_eq!(r.c.init().lock().status, Status::Running, "State still says RUNNING");
     r.add_exec("e2").expect("an exec can still be added");
     match r.c.start("e2").await {
-        Err(Error::FailedPrecondition(m)) => assert!(m.contains("the init process is not running"), "{m}"),
+        Err(Error::State(StateError::InitNotRunning { exec, .. })) => assert_eq!(exec, "e2"),
         other => panic!("starting e2 must be refused: {other:?}"),
     }
     let _ = release.send(());
@@ -297,7 +297,7 @@ async fn a_kill_after_the_exit_is_not_found_and_never_reaches_the_runtime() {
     assert_eq!(r.events().await, ["/tasks/exit c1 143"]);
     let before = r.calls().len();
     match r.c.kill("", 9, false).await {
-        Err(Error::NotFound(m)) => assert!(m.contains("process already finished"), "{m}"),
+        Err(Error::State(StateError::Finished { what })) => assert_eq!(what, "task c1"),
         other => panic!("kill after exit: {other:?}"),
     }
     assert_eq!(r.calls().len(), before, "a reaped pid is never signalled");
@@ -323,7 +323,7 @@ async fn execs_are_refused_once_the_init_exit_is_out() {
     r.die(init, 1).await;
     assert_eq!(r.events().await, ["/tasks/exit c1 1"]);
     match r.add_exec("late") {
-        Err(Error::FailedPrecondition(m)) => assert!(m.contains("task c1") && m.contains("stopped"), "{m}"),
+        Err(Error::State(StateError::Stopped { what })) => assert_eq!(what, "task c1"),
         other => panic!("exec after the exit: {other:?}"),
     }
     r.c.delete("").await.expect("delete");

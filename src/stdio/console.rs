@@ -23,7 +23,11 @@ impl ConsoleSocket {
         let path =
             std::env::temp_dir().join(format!("keel-pty-{}-{}.sock", std::process::id(), SOCKET_SEQ.fetch_add(1, Ordering::Relaxed)));
         let _ = std::fs::remove_file(&path);
-        let listener = tokio::net::UnixListener::bind(&path).map_err(|e| StdioError::Console(format!("bind {}: {e}", path.display())))?;
+        let listener = tokio::net::UnixListener::bind(&path).map_err(|source| StdioError::Console {
+            path: path.display().to_string(),
+            step: "bind",
+            source,
+        })?;
         Ok(ConsoleSocket { path, listener })
     }
 
@@ -34,20 +38,23 @@ impl ConsoleSocket {
     /// The runtime connected and sent the master during its (successful) call,
     /// so this only waits for a message that is already queued.
     pub async fn receive(&self) -> Result<OwnedFd> {
+        let fail =
+            |step: &'static str| move |source: std::io::Error| StdioError::Console { path: self.path.display().to_string(), step, source };
         let recv = async {
-            let (stream, _) = self.listener.accept().await.map_err(|e| StdioError::Console(format!("accept: {e}")))?;
+            let (stream, _) = self.listener.accept().await.map_err(fail("accept"))?;
             loop {
-                stream.readable().await.map_err(|e| StdioError::Console(e.to_string()))?;
+                stream.readable().await.map_err(fail("wait for the master"))?;
                 match stream.try_io(tokio::io::Interest::READABLE, || recv_fd(stream.as_raw_fd())) {
                     Ok(fd) => return Ok(fd),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(StdioError::Console(e.to_string())),
+                    Err(e) => return Err(fail("receive the master")(e)),
                 }
             }
         };
-        tokio::time::timeout(Duration::from_secs(10), recv)
+        const LIMIT: Duration = Duration::from_secs(10);
+        tokio::time::timeout(LIMIT, recv)
             .await
-            .map_err(|_| StdioError::Console("the runtime sent no pty master within 10s".into()))?
+            .map_err(|_| StdioError::NoConsole { path: self.path.display().to_string(), secs: LIMIT.as_secs() })?
     }
 }
 

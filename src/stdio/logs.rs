@@ -42,11 +42,11 @@ pub(super) async fn start_logger(
     err_r: OwnedFd,
     reaper: &Reaper,
 ) -> Result<()> {
-    let fail = |reason: String| StdioError::Logger { binary: path.display().to_string(), reason };
+    let fail = |step: &'static str| move |source: std::io::Error| StdioError::Logger { binary: path.display().to_string(), step, source };
     let (ready_r, ready_w) = cloexec_pipe()?;
     // Moved above fd 5 first, so dup2 onto 3..5 never hits one of its sources.
     let high = |fd: &OwnedFd| -> Result<OwnedFd> {
-        let raw = fcntl(fd.as_fd(), FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(|e| fail(e.to_string()))?;
+        let raw = fcntl(fd.as_fd(), FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(|e| fail("move its fds above 5")(e.into()))?;
         // SAFETY: fcntl just returned this fd to us and nothing else owns it.
         Ok(unsafe { OwnedFd::from_raw_fd(raw) })
     };
@@ -70,14 +70,14 @@ pub(super) async fn start_logger(
             Ok(())
         });
     }
-    let (_child, _exit) = reaper.spawn(&mut cmd).map_err(|e| fail(e.to_string()))?;
+    let (_child, _exit) = reaper.spawn(&mut cmd).map_err(fail("spawn"))?;
     drop(fds);
     drop(ready_w);
     drop(out_r);
     drop(err_r);
     // The logger signals readiness by closing fd 5. Waited for on the event
     // loop: a slow logger must not stall the shim's other containers.
-    let ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r).map_err(|e| fail(format!("readiness pipe: {e}")))?;
+    let ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r).map_err(fail("readiness pipe"))?;
     let mut buf = [0u8; 64];
     let wait = async {
         use tokio::io::AsyncReadExt;

@@ -43,10 +43,12 @@ pub enum StdioError {
     Open { what: &'static str, path: String, source: std::io::Error },
     #[error("{what}: {source}")]
     Os { what: &'static str, source: std::io::Error },
-    #[error("start logging binary {binary:?}: {reason}")]
-    Logger { binary: String, reason: String },
-    #[error("console socket: {0}")]
-    Console(String),
+    #[error("start logging binary {binary:?}: {step}: {source}")]
+    Logger { binary: String, step: &'static str, source: std::io::Error },
+    #[error("console socket {path:?}: {step}: {source}")]
+    Console { path: String, step: &'static str, source: std::io::Error },
+    #[error("console socket {path:?}: the runtime sent no pty master within {secs}s")]
+    NoConsole { path: String, secs: u64 },
 }
 
 impl StdioError {
