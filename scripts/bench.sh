@@ -4,9 +4,12 @@
 # containerd (its own root, state, socket and config in a temp dir; the
 # system's containerd, if any, is never touched). Run as root; needs no stdin.
 #
-#   scripts/bench.sh [--containerd 1.6|2] [--rounds N] [--containers M]
-#                    [--parallel-rounds R] [--idle K] [--pod N] [--exec-growth N]
-#                    [--json FILE] [--build] [--shim PATH] [--runc-shim PATH]
+#   scripts/bench.sh [--containerd 1.6|2] [--rows classic,scale,probe]
+#                    [--rounds N] [--containers M] [--parallel-rounds R] [--idle K]
+#                    [--pod N] [--exec-growth N] [--scale N,N,..]
+#                    [--probe-containers K] [--probe-period S] [--probe-duration S]
+#                    [--probe-execs N] [--json FILE] [--plot DIR]
+#                    [--build] [--shim PATH] [--runc-shim PATH]
 #
 #   --containerd 2     containerd 2.x (from /var/lib/keel-dev/containerd2) instead of 1.6
 #   --rounds N         rounds of the lifecycle, exec and bare-runc rows (20)
@@ -17,7 +20,19 @@
 #                      one shim for all) for the per-container memory rows (5)
 #   --exec-growth N    also N sequential execs into one container per shim:
 #                      shim RSS/PSS after the first and the Nth (off; try 1000)
+#   --rows LIST        which rows (all three by default): classic (the rows below),
+#                      scale (N idle containers, alone and 5 to a pod), probe
+#                      (exec probes under load, then a long exec series)
+#   --scale N,..       the scale row's N (10,100,300; each run for both shims,
+#                      one kind at a time, and again grouped in N/5 pods)
+#   --probe-containers K  containers exec-probed at once (20)
+#   --probe-period S   seconds between two probes of one container (2)
+#   --probe-duration S seconds of probing (60)
+#   --probe-execs N    then N execs into one container per shim: shim memory
+#                      after the first and the last (10000; 0: skip)
 #   --json FILE        also write every figure (and the raw samples) as JSON
+#   --plot DIR         also draw PNG charts into DIR (matplotlib, installed
+#                      into a virtual environment under /var/lib/keel-dev)
 #   --build            `cargo build --release` first (default: only if the binary is missing)
 #   --shim PATH        the Keel binary (target/x86_64-unknown-linux-gnu/release/containerd-shim-keel-v1)
 #   --runc-shim PATH   the containerd-shim-runc-v2 to compare with (default: the
@@ -37,6 +52,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 
 build=0 shim="$repo/target/x86_64-unknown-linux-gnu/release/containerd-shim-keel-v1"
+plot="" json=""
 args=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -44,8 +60,10 @@ while [ $# -gt 0 ]; do
         --shim) shim=$(realpath "$2"); shift ;;
         --shim=*) shim=$(realpath "${1#--shim=}") ;;
         --runc-shim) args+=(--runc-shim "$(realpath "$2")"); shift ;;
-        --json) args+=(--json "$(realpath -m "$2")"); shift ;;
-        --json=*) args+=(--json "$(realpath -m "${1#--json=}")") ;;
+        --json) json=$(realpath -m "$2"); shift ;;
+        --json=*) json=$(realpath -m "${1#--json=}") ;;
+        --plot) plot=$(realpath -m "$2"); shift ;;
+        --plot=*) plot=$(realpath -m "${1#--plot=}") ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) args+=("$1") ;;
     esac
@@ -69,12 +87,29 @@ fi
 py=/usr/bin/python3
 [ -x "$py" ] || py=$(command -v python3)
 
+# matplotlib for --plot, in its own virtual environment (made once).
+venv="${KEEL_PREFIX:-/var/lib/keel-dev}/plot-venv"
+if [ -n "$plot" ] && ! "$venv/bin/python" -c "import matplotlib" 2>/dev/null; then
+    echo "bench.sh: installing matplotlib into $venv" >&2
+    "$py" -c "import venv" 2>/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
+    rm -rf "$venv"
+    "$py" -m venv "$venv" >&2
+    "$venv/bin/pip" install -q "matplotlib>=3.8,<4" >&2 ||
+        { echo "bench.sh: cannot install matplotlib into $venv (no PyPI?); run without --plot" >&2; exit 1; }
+fi
+json_tmp=""
+if [ -n "$plot" ] && [ -z "$json" ]; then
+    json=$(mktemp /tmp/keel-bench-json.XXXXXX) json_tmp=1
+fi
+[ -n "$json" ] && args+=(--json "$json")
+
 work=$(mktemp -d /tmp/keel-bench.XXXXXX)
 cleanup() {
     trap - EXIT INT TERM HUP
     # bench.py cleans up after itself; this catches what a killed bench.py left.
     [ -d "$work" ] && "$py" "$here/bench/bench.py" --cleanup --work "$work" --lab "$lab" --rootfs "$rootfs" || true
     rm -rf "$work"
+    if [ -n "$json_tmp" ]; then rm -f "$json"; fi
 }
 trap cleanup EXIT
 
@@ -89,4 +124,8 @@ while :; do
     kill -0 "$pypid" 2>/dev/null || break
 done
 wait "$pypid"
-exit $?
+rc=$?
+if [ -n "$plot" ] && [ -s "$json" ] && [ "$rc" -le 2 ]; then
+    "$venv/bin/python" "$here/bench/plot.py" "$json" "$plot" || rc=1
+fi
+exit $rc

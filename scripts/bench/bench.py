@@ -109,7 +109,7 @@ class Env:
         except ValueError as e:
             raise Failed(f"keel-lab up printed no description ({e}): {r.stdout[:200]!r}")
         self.sock, self.fifo, self.ctr_bin = d["sock"], d["fifo_dir"], d["ctr"]
-        self.containerd, self.path = d["containerd"], d["path"]
+        self.containerd, self.path, self.containerd_pid = d["containerd"], d["path"], d["pid"]
 
     def ctr_argv(self, args):
         return [self.ctr_bin, "--address", self.sock, "--namespace", self.ns] + args
@@ -611,7 +611,7 @@ def fmt(v, unit):
     if isinstance(v, str):
         return v
     if unit == "ms":
-        return f"{v:.1f}"
+        return f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
     if unit == "%":
         return f"{v:+.1f}%"
     if unit == "bytes":
@@ -730,6 +730,14 @@ def main():
     ap.add_argument("--idle", type=int, default=10, help="idle containers per shim for memory (10)")
     ap.add_argument("--pod", type=int, default=5, help="containers in the grouped pod (5)")
     ap.add_argument("--exec-growth", type=int, default=0, metavar="N", help="N execs into one container (off)")
+    ap.add_argument("--rows", default="classic,scale,probe",
+                    help="which rows: classic (one at a time, 20 at once, idle), scale, probe (all)")
+    ap.add_argument("--scale", default="10,100,300", metavar="N,..", help="idle containers of the scale row")
+    ap.add_argument("--probe-containers", type=int, default=20, metavar="K")
+    ap.add_argument("--probe-period", type=float, default=2.0, metavar="S")
+    ap.add_argument("--probe-duration", type=float, default=60.0, metavar="S")
+    ap.add_argument("--probe-execs", type=int, default=10000, metavar="N",
+                    help="execs into one container after the probe row (0: none)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     ap.add_argument("--shim", help="Keel binary (target/x86_64-unknown-linux-gnu/release/containerd-shim-keel-v1)")
     ap.add_argument("--runc-shim", metavar="PATH",
@@ -742,9 +750,23 @@ def main():
     if a.cleanup:
         cleanup(a.work, a.lab, quiet=False)
         return 0
-    for name in ("rounds", "containers", "parallel_rounds", "idle", "pod"):
+    for name in ("rounds", "containers", "parallel_rounds", "idle", "pod", "probe_containers"):
         if getattr(a, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
+    rows = set(a.rows.split(","))
+    if not rows or rows - {"classic", "scale", "probe"}:
+        ap.error(f"--rows {a.rows!r}: want a comma-separated list of classic, scale, probe")
+    try:
+        scale = [int(x) for x in a.scale.split(",") if x]
+    except ValueError:
+        ap.error(f"--scale {a.scale!r}: want numbers such as 10,100,300")
+    if "scale" in rows and (not scale or min(scale) < 10):
+        ap.error("--scale: every N must be at least 10 (the start rate is over the last 10)")
+    if a.probe_period <= 0 or a.probe_duration <= 0:
+        ap.error("--probe-period and --probe-duration must be positive")
+    # node.py imports this module by name: let it find this run's globals.
+    sys.modules["bench"] = sys.modules[__name__]
+    import node
     ROOTFS = a.rootfs
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
@@ -752,7 +774,10 @@ def main():
     env = Env(a.work, major, os.path.realpath(a.shim), a.lab, a.runc_shim and os.path.realpath(a.runc_shim))
     res = Results()
     t0 = time.time()
-    meta = {"containerd_major": "2.x" if major == 2 else "1.6", "rounds": a.rounds, "containers": a.containers,
+    meta = {"containerd_major": "2.x" if major == 2 else "1.6", "rows": sorted(rows), "scale": scale,
+            "probe": {"containers": a.probe_containers, "period_s": a.probe_period, "duration_s": a.probe_duration,
+                      "execs": a.probe_execs},
+            "rounds": a.rounds, "containers": a.containers,
             "parallel_rounds": a.parallel_rounds, "idle": a.idle, "pod": a.pod, "exec_growth": a.exec_growth,
             "load_start": cmd_out(["uptime"]), "builders_start": busy_builders(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -769,20 +794,25 @@ def main():
             except Failed as e:
                 log(f"warm-up with {s} failed: {e}")
                 env.remove([f"warm-{s}"])
-        bench_lifecycle(env, res, a.rounds)
-        bench_exec(env, res, a.rounds)
-        bench_floor(env, res, a.rounds)
-        floor = res.extra.get("floor_median_ms")
-        lc = next(r for r in res.rows if r["key"] == "lifecycle_median_ms")
-        res.add("lifecycle_over_floor_ms", "ctr run --rm median minus the bare runc floor", "ms",
-                {s: lc["values"][s] - floor for s in SHIMS
-                 if floor is not None and lc["values"].get(s) is not None}, lc["errors"])
-        bench_parallel(env, res, a.containers, a.parallel_rounds)
-        bench_idle(env, res, a.idle)
-        bench_pod(env, res, a.pod)
-        bench_sizes(env, res)
+        if "classic" in rows:
+            bench_lifecycle(env, res, a.rounds)
+            bench_exec(env, res, a.rounds)
+            bench_floor(env, res, a.rounds)
+            floor = res.extra.get("floor_median_ms")
+            lc = next(r for r in res.rows if r["key"] == "lifecycle_median_ms")
+            res.add("lifecycle_over_floor_ms", "ctr run --rm median minus the bare runc floor", "ms",
+                    {s: lc["values"][s] - floor for s in SHIMS
+                     if floor is not None and lc["values"].get(s) is not None}, lc["errors"])
+            bench_parallel(env, res, a.containers, a.parallel_rounds)
+            bench_idle(env, res, a.idle)
+            bench_pod(env, res, a.pod)
+            bench_sizes(env, res)
         if a.exec_growth > 0:
             bench_exec_growth(env, res, a.exec_growth)
+        if "scale" in rows:
+            node.bench_scale(env, res, scale)
+        if "probe" in rows:
+            node.bench_probe(env, res, a.probe_containers, a.probe_period, a.probe_duration, a.probe_execs)
         leftovers = env.tasks()
         if leftovers:
             log(f"warning: tasks left behind by the rows: {leftovers}")

@@ -74,6 +74,7 @@ pub mod control;
 mod events;
 mod host;
 mod line;
+pub mod load;
 pub mod production;
 pub mod pty;
 pub mod robust;
