@@ -206,11 +206,12 @@ def probe_once(env, s, k, period, duration):
     ids = [f"probe-{s}-{i}" for i in range(k)]
     try:
         start_all(env, s, ids, lambda i: [])
-        time.sleep(2)
-        # The idle baseline: what the machine and the shims burn with no probes.
+        # The idle baseline: what the machine and the shims burn with no
+        # probes, once what came before (deletes, containerd's GC) has settled.
+        time.sleep(5)
         b0, c0 = machine_busy(), shim_cpu(env, s)
         t0 = time.time()
-        time.sleep(5)
+        time.sleep(10)
         idle_s = time.time() - t0
         idle_machine = (machine_busy() - b0) / idle_s
         idle_shim = (shim_cpu(env, s)[0] - c0[0]) / idle_s
@@ -303,6 +304,8 @@ def bench_probe(env, res, k, period, duration, series):
     add("runtime_cpu_ms", "OCI runtime CPU per probe (the shims' children)", "ms", lambda v: v["runtime_cpu_ms"])
     add("containerd_cpu_ms", "containerd CPU per probe", "ms", lambda v: v["containerd_cpu_ms"])
     add("machine_cpu_ms", "whole-machine CPU per probe (minus idle)", "ms", lambda v: v["machine_cpu_ms"])
+    add("idle_machine", "idle baseline, whole machine (CPU ms per s)", "ms",
+        lambda v: 1e3 * v["idle_machine_cpu_per_s"])
     add("latency_median_ms", "probe latency median", "ms", lambda v: median(v["ms"]))
     add("latency_p99_ms", "probe latency p99", "ms", lambda v: p99(v["ms"]))
     for m, lab_ in (("pss_kib", "PSS"), ("uss_kib", "USS")):
