@@ -102,17 +102,26 @@ const EIO_GRACE: Duration = Duration::from_millis(30);
 /// Copies until EOF, or until a pty's EIO has lasted [`EIO_GRACE`].
 async fn copy_to_end(from: &mut (impl AsyncRead + Unpin), to: &mut (impl AsyncWrite + Unpin)) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 8192];
+    // Most containers of a node never write a byte: until the first read
+    // returns, a copy holds a 64-byte buffer, not 8 KiB (two per container,
+    // so 16 KiB less per idle container in a pod's shim).
+    let mut small = [0u8; 64];
+    let mut big: Vec<u8> = Vec::new();
     let mut pause = Duration::from_millis(1);
     let mut waited = Duration::ZERO;
     loop {
-        match from.read(&mut buf).await {
+        let read = if big.is_empty() { from.read(&mut small).await } else { from.read(&mut big).await };
+        let buf: &[u8] = if big.is_empty() { &small } else { &big };
+        match read {
             Ok(0) => return Ok(()),
             Ok(n) => {
                 if waited > Duration::ZERO {
                     log::debug!("pty: {n} bytes after EIO, {}ms into the grace", waited.as_millis());
                 }
                 to.write_all(&buf[..n]).await?;
+                if big.is_empty() {
+                    big = vec![0u8; 8192];
+                }
                 pause = Duration::from_millis(1);
                 waited = Duration::ZERO;
             }
