@@ -7,7 +7,7 @@
 #   scripts/bench.sh [--containerd 1.6|2] [--rows classic,scale,probe]
 #                    [--rounds N] [--containers M] [--parallel-rounds R] [--idle K]
 #                    [--pod N] [--exec-growth N] [--scale N,N,..]
-#                    [--probe-containers K] [--probe-period S] [--probe-duration S]
+#                    [--probe-containers K] [--probe-period S] [--probe-duration S] [--probe-rounds R]
 #                    [--probe-execs N] [--json FILE] [--plot DIR]
 #                    [--build] [--shim PATH] [--runc-shim PATH]
 #
@@ -27,7 +27,8 @@
 #                      one kind at a time, and again grouped in N/5 pods)
 #   --probe-containers K  containers exec-probed at once (20)
 #   --probe-period S   seconds between two probes of one container (2)
-#   --probe-duration S seconds of probing (60)
+#   --probe-duration S seconds of probing (60), split into
+#   --probe-rounds R   interleaved rounds per shim (3; each figure is the median)
 #   --probe-execs N    then N execs into one container per shim: shim memory
 #                      after the first and the last (10000; 0: skip)
 #   --json FILE        also write every figure (and the raw samples) as JSON

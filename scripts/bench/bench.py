@@ -736,6 +736,8 @@ def main():
     ap.add_argument("--probe-containers", type=int, default=20, metavar="K")
     ap.add_argument("--probe-period", type=float, default=2.0, metavar="S")
     ap.add_argument("--probe-duration", type=float, default=60.0, metavar="S")
+    ap.add_argument("--probe-rounds", type=int, default=3, metavar="R",
+                    help="interleaved rounds the probing is split into (3)")
     ap.add_argument("--probe-execs", type=int, default=10000, metavar="N",
                     help="execs into one container after the probe row (0: none)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
@@ -750,7 +752,7 @@ def main():
     if a.cleanup:
         cleanup(a.work, a.lab, quiet=False)
         return 0
-    for name in ("rounds", "containers", "parallel_rounds", "idle", "pod", "probe_containers"):
+    for name in ("rounds", "containers", "parallel_rounds", "idle", "pod", "probe_containers", "probe_rounds"):
         if getattr(a, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
     rows = set(a.rows.split(","))
@@ -776,7 +778,7 @@ def main():
     t0 = time.time()
     meta = {"containerd_major": "2.x" if major == 2 else "1.6", "rows": sorted(rows), "scale": scale,
             "probe": {"containers": a.probe_containers, "period_s": a.probe_period, "duration_s": a.probe_duration,
-                      "execs": a.probe_execs},
+                      "rounds": a.probe_rounds, "execs": a.probe_execs},
             "rounds": a.rounds, "containers": a.containers,
             "parallel_rounds": a.parallel_rounds, "idle": a.idle, "pod": a.pod, "exec_growth": a.exec_growth,
             "load_start": cmd_out(["uptime"]), "builders_start": busy_builders(),
@@ -812,7 +814,8 @@ def main():
         if "scale" in rows:
             node.bench_scale(env, res, scale)
         if "probe" in rows:
-            node.bench_probe(env, res, a.probe_containers, a.probe_period, a.probe_duration, a.probe_execs)
+            node.bench_probe(env, res, a.probe_containers, a.probe_period, a.probe_duration, a.probe_execs,
+                             a.probe_rounds)
         leftovers = env.tasks()
         if leftovers:
             log(f"warning: tasks left behind by the rows: {leftovers}")

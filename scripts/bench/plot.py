@@ -120,7 +120,7 @@ def probe_latency(doc, out):
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for key, shim in (("keel", "keel"), ("runc-v2", "runc_v2")):
-        ms = sorted(raw.get(key, {}).get("ms") or [])
+        ms = sorted(x for w in raw.get(key, {}).get("rounds", []) for x in w["ms"])
         if ms:
             ax.plot(ms, [(i + 1) / len(ms) for i in range(len(ms))], color=COLOURS[shim], label=NAMES[shim])
     ax.set_xlabel("probe latency: Exec + Start + Wait + DeleteProcess (ms)")
