@@ -147,13 +147,13 @@ class Env:
                 out[f[0]] = f[2]
         return out
 
-    def remove(self, ids):
-        """Kills and deletes tasks and containers (best effort)."""
+    def remove(self, ids, timeout=CMD_TIMEOUT):
+        """Kills and deletes tasks and containers (best effort), 25 per ctr call."""
         ids = list(ids)
         for i in range(0, len(ids), 25):
             chunk = ids[i:i + 25]
-            self.ctr(["task", "delete", "-f"] + chunk, check=False)
-            self.ctr(["container", "delete"] + chunk, check=False)
+            self.ctr(["task", "delete", "-f"] + chunk, check=False, timeout=timeout)
+            self.ctr(["container", "delete"] + chunk, check=False, timeout=timeout)
 
     def shims(self, kind):
         """{container id: pid} of the serving shims of this daemon for one kind."""

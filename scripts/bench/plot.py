@@ -18,6 +18,14 @@ COLOURS = {"keel": "#1b7837", "runc_v2": "#762a83"}
 NAMES = {"keel": "Keel", "runc_v2": "containerd-shim-runc-v2"}
 
 
+def save(fig, out, name):
+    fig.tight_layout()
+    path = os.path.join(out, name)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def rows(doc):
     return {r["key"]: r for r in doc["rows"]}
 
@@ -51,11 +59,7 @@ def memory(doc, out):
     axes[0].set_ylabel("shim memory per container (MiB)")
     axes[1].legend(fontsize=8)
     fig.suptitle(title_of(doc, "Shim memory per container against N"), fontsize=10)
-    fig.tight_layout()
-    path = os.path.join(out, "memory-per-container.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, out, "memory-per-container.png")
 
 
 def task_ls(doc, out):
@@ -79,11 +83,7 @@ def task_ls(doc, out):
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title_of(doc, "Listing and State with N tasks"), fontsize=10)
-    fig.tight_layout()
-    path = os.path.join(out, "task-ls.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, out, "task-ls.png")
 
 
 def probe_cpu(doc, out):
@@ -107,11 +107,7 @@ def probe_cpu(doc, out):
     p = doc["meta"].get("probe", {})
     ax.set_title(title_of(doc, f"CPU per exec probe ({p.get('containers')} containers, every {p.get('period_s')} s)"),
                  fontsize=10)
-    fig.tight_layout()
-    path = os.path.join(out, "probe-cpu.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, out, "probe-cpu.png")
 
 
 def probe_latency(doc, out):
@@ -128,11 +124,7 @@ def probe_latency(doc, out):
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title_of(doc, "Exec probe latency (CDF)"), fontsize=10)
-    fig.tight_layout()
-    path = os.path.join(out, "probe-latency.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, out, "probe-latency.png")
 
 
 def main():

@@ -95,6 +95,13 @@ pub struct Launch {
 /// Where `detach` leaves a containerd's description.
 pub const LAB_FILE: &str = "lab.json";
 
+/// The description `detach` left in `dir` (see [`Containerd::description`]).
+pub fn described(dir: &Path) -> Result<serde_json::Value, String> {
+    let file = dir.join(LAB_FILE);
+    let text = fs::read_to_string(&file).map_err(|e| format!("{}: {e} (keel-lab up first)", file.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))
+}
+
 /// Where shims put their sockets (not configurable per containerd).
 const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
 
@@ -203,8 +210,7 @@ impl Containerd {
     /// test's does (tasks, containers, daemon, shims, runtime state, mounts, dir).
     pub fn reattach(dir: &Path) -> Result<Containerd, String> {
         let file = dir.join(LAB_FILE);
-        let text = fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+        let v = described(dir)?;
         let s = |k: &str| v[k].as_str().map(str::to_string).ok_or_else(|| format!("{}: no {k:?}", file.display()));
         let line = Line::parse(&s("line")?).ok_or_else(|| format!("{}: unknown line", file.display()))?;
         let dir = PathBuf::from(s("dir")?);

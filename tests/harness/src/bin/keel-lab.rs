@@ -41,12 +41,10 @@ fn fail(msg: String) -> ExitCode {
 
 /// The socket and namespace `up` wrote to DIR/lab.json.
 fn described(dir: &Path) -> Result<(PathBuf, String), String> {
-    let file = dir.join(LAB_FILE);
-    let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e} (keel-lab up first)", file.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    let v = keel_harness::described(dir)?;
     match (v["sock"].as_str(), v["ns"].as_str()) {
         (Some(s), Some(n)) => Ok((PathBuf::from(s), n.to_string())),
-        _ => Err(format!("{}: no sock or ns", file.display())),
+        _ => Err(format!("{}: no sock or ns", dir.join(LAB_FILE).display())),
     }
 }
 
