@@ -18,6 +18,7 @@
 
 use keel_harness as common;
 
+use common::api::Api;
 use common::control::*;
 use common::scenario::*;
 use common::*;
@@ -27,14 +28,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use containerd_client::services::v1::tasks_client::TasksClient;
-use containerd_client::services::v1::{CheckpointTaskRequest, UpdateTaskRequest};
+use containerd_client::services::v1::CheckpointTaskRequest;
 use containerd_client::tonic::{self, Request};
 use containerd_client::with_namespace;
 
 const GRPC_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The type URL containerd's typeurl gives specs.LinuxResources.
-const LINUX_RESOURCES_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
 const CHECKPOINT_OPTIONS_URL: &str = "containerd.runc.v1.CheckpointOptions";
 
 type T = Scenario;
@@ -60,23 +59,6 @@ fn test_name() -> String {
     std::thread::current().name().unwrap_or("?").to_string()
 }
 
-/// `ctr task metrics` (table form) as METRIC -> VALUE.
-fn metrics_table(out: &str) -> std::collections::BTreeMap<String, String> {
-    let mut m = std::collections::BTreeMap::new();
-    let mut in_table = false;
-    for l in out.lines() {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if f.first() == Some(&"METRIC") {
-            in_table = true;
-            continue;
-        }
-        if in_table && f.len() >= 2 {
-            m.insert(f[0].to_string(), f[1..].join(" "));
-        }
-    }
-    m
-}
-
 // ---------------------------------------------------------------------------
 // containerd's gRPC task API
 // ---------------------------------------------------------------------------
@@ -91,22 +73,6 @@ async fn tasks_client(cd: &Containerd) -> TasksClient<tonic::transport::Channel>
         .unwrap_or_else(|_| panic!("connect to {} timed out", cd.sock.display()))
         .unwrap_or_else(|e| panic!("connect to {}: {e}", cd.sock.display()));
     TasksClient::new(ch)
-}
-
-/// Tasks.Update with `resources` = the OCI LinuxResources JSON, typed as containerd's typeurl does.
-fn grpc_update(cd: &Containerd, id: &str, resources_json: &str) -> Result<(), tonic::Status> {
-    block_on(async {
-        let mut c = tasks_client(cd).await;
-        let req = UpdateTaskRequest {
-            container_id: id.into(),
-            resources: Some(prost_types::Any { type_url: LINUX_RESOURCES_URL.into(), value: resources_json.as_bytes().to_vec() }),
-            annotations: Default::default(),
-        };
-        tokio::time::timeout(GRPC_TIMEOUT, c.update(with_namespace!(req, cd.ns.as_str())))
-            .await
-            .unwrap_or_else(|_| panic!("Tasks.Update of {id} did not answer within {GRPC_TIMEOUT:?}"))
-            .map(drop)
-    })
 }
 
 /// containerd.runc.v1.CheckpointOptions (runc's options/oci.proto; no crate
@@ -152,23 +118,6 @@ fn grpc_checkpoint(cd: &Containerd, id: &str, opts: &CheckpointOpts) -> Result<V
 // ---------------------------------------------------------------------------
 // counters
 // ---------------------------------------------------------------------------
-
-/// A counter into /tmp/count, `period` seconds apart, each line "<token> <n>":
-/// the token is drawn once at start, so a restarted process shows a new one.
-fn counter_cmd(period: &str) -> String {
-    format!("t=$(cat /proc/sys/kernel/random/uuid); i=0; while true; do i=$((i+1)); echo \"$t $i\" > /tmp/count; sleep {period}; done")
-}
-
-/// Parses "<token> <n>".
-fn parse_count(s: &str) -> Option<(String, u64)> {
-    let (t, n) = s.trim().split_once(' ')?;
-    Some((t.to_string(), n.trim().parse().ok()?))
-}
-
-/// The counter as seen from the host, through the init's root (works while frozen).
-fn host_count(pid: u32) -> Option<(String, u64)> {
-    parse_count(&fs::read_to_string(format!("/proc/{pid}/root/tmp/count")).ok()?)
-}
 
 fn wait_count_at_least(t: &T, pid: u32, n: u64, timeout: Duration) -> (String, u64) {
     poll(timeout, || host_count(pid).filter(|c| c.1 >= n))
@@ -285,7 +234,8 @@ fn update_resources(line: Line, rt: &'static str) {
     let before = cgroup_read(&mem, "memory.limit_in_bytes");
     assert_ne!(before, "67108864", "{} limit already 64 MiB before the update", t.tag);
 
-    grpc_update(&t.cd, &id, r#"{"memory":{"limit":67108864}}"#)
+    Api { cd: &t.cd }
+        .update(&id, r#"{"memory":{"limit":67108864}}"#)
         .unwrap_or_else(|s| panic!("{} Update memory.limit 64 MiB: {s:?}\n{}", t.tag, t.cd.log_tail(30)));
     assert_eq!(cgroup_read(&mem, "memory.limit_in_bytes"), "67108864", "{} {}/memory.limit_in_bytes after Update", t.tag, mem.display());
     let m = metrics_table(&t.cd.ctr_ok(&["tasks", "metrics", &id]));
@@ -294,12 +244,12 @@ fn update_resources(line: Line, rt: &'static str) {
     // Invalid: a negative limit. Keel checks it before the runtime and
     // answers InvalidArgument naming the field; runc-v2 hands it to runc
     // (printed, not asserted).
-    let r = grpc_update(&t.cd, &id, r#"{"memory":{"limit":-5}}"#);
+    let r = Api { cd: &t.cd }.update(&id, r#"{"memory":{"limit":-5}}"#);
     eprintln!("{} Update memory.limit -5 -> {r:?}", t.tag);
     if t.keel() {
         let s = r.expect_err("a negative memory limit was accepted");
-        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{} negative limit: {s:?}", t.tag);
-        assert!(s.message().contains("memory.limit"), "{} message should name memory.limit: {s:?}", t.tag);
+        assert_eq!(s.code, tonic::Code::InvalidArgument, "{} negative limit: {s:?}", t.tag);
+        assert!(s.message.contains("memory.limit"), "{} message should name memory.limit: {s:?}", t.tag);
     } else {
         assert!(r.is_err(), "{} runc-v2 accepted a negative memory limit", t.tag);
     }

@@ -7,7 +7,7 @@ use super::production::block_on;
 use super::*;
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
-    CreateTaskRequest, DeleteProcessRequest, ExecProcessRequest, GetRequest, KillRequest, ResizePtyRequest, StartRequest,
+    CreateTaskRequest, DeleteProcessRequest, ExecProcessRequest, GetRequest, KillRequest, ResizePtyRequest, StartRequest, UpdateTaskRequest,
 };
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{Code, Request};
@@ -60,6 +60,8 @@ pub struct Api<'a> {
 }
 
 pub const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+/// The type URL containerd's typeurl gives specs.LinuxResources.
+pub const LINUX_RESOURCES_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
 
 impl Api<'_> {
     fn ns(&self) -> String {
@@ -149,6 +151,21 @@ impl Api<'_> {
         let ns = self.ns();
         with_tasks(self.cd, Duration::from_secs(20), |mut t| async move {
             t.resize_pty(containerd_client::with_namespace!(req, ns)).await.map_err(status)?;
+            Ok(())
+        })
+    }
+
+    /// Tasks.Update with `resources`, the OCI LinuxResources as JSON (ctr
+    /// has no flag for pids or cpu.max on every line).
+    pub fn update(&self, id: &str, resources_json: &str) -> ApiResult<()> {
+        let req = UpdateTaskRequest {
+            container_id: id.into(),
+            resources: Some(prost_types::Any { type_url: LINUX_RESOURCES_URL.into(), value: resources_json.as_bytes().to_vec() }),
+            annotations: Default::default(),
+        };
+        let ns = self.ns();
+        with_tasks(self.cd, Duration::from_secs(60), |mut t| async move {
+            t.update(containerd_client::with_namespace!(req, ns)).await.map_err(status)?;
             Ok(())
         })
     }

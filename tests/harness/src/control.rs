@@ -137,3 +137,55 @@ impl Containerd {
         TEST_IMAGE.to_string()
     }
 }
+
+/// `ctr task metrics` (table form) as METRIC -> VALUE.
+pub fn metrics_table(out: &str) -> std::collections::BTreeMap<String, String> {
+    let mut m = std::collections::BTreeMap::new();
+    let mut in_table = false;
+    for l in out.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.first() == Some(&"METRIC") {
+            in_table = true;
+            continue;
+        }
+        if in_table && f.len() >= 2 {
+            m.insert(f[0].to_string(), f[1..].join(" "));
+        }
+    }
+    m
+}
+
+/// A counter into /tmp/count, `period` seconds apart, each line "<token> <n>":
+/// the token is drawn once at start, so a restarted process shows a new one.
+pub fn counter_cmd(period: &str) -> String {
+    format!("t=$(cat /proc/sys/kernel/random/uuid); i=0; while true; do i=$((i+1)); echo \"$t $i\" > /tmp/count; sleep {period}; done")
+}
+
+/// Parses "<token> <n>".
+pub fn parse_count(s: &str) -> Option<(String, u64)> {
+    let (t, n) = s.trim().split_once(' ')?;
+    Some((t.to_string(), n.trim().parse().ok()?))
+}
+
+/// The counter as seen from the host, through the init's root (works while frozen).
+pub fn host_count(pid: u32) -> Option<(String, u64)> {
+    parse_count(&fs::read_to_string(format!("/proc/{pid}/root/tmp/count")).ok()?)
+}
+
+/// The unified hierarchy's mount point.
+pub const CGROUP2_ROOT: &str = "/sys/fs/cgroup";
+
+/// Whether this host mounts only the unified cgroup v2 hierarchy at /sys/fs/cgroup.
+pub fn unified_host() -> bool {
+    Path::new(CGROUP2_ROOT).join("cgroup.controllers").is_file()
+}
+
+/// The cgroup v2 directory of `pid` (the "0::" line of /proc/<pid>/cgroup).
+/// Panics when the process has none or it does not exist.
+pub fn cgroup_v2_dir(pid: u32) -> PathBuf {
+    let s = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_else(|e| panic!("read /proc/{pid}/cgroup: {e}"));
+    let path = s.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or_else(|| panic!("pid {pid} has no cgroup v2 line:\n{s}"));
+    let dir = Path::new(CGROUP2_ROOT).join(path.trim_start_matches('/'));
+    assert!(dir.is_dir(), "cgroup {} of pid {pid} (/proc/{pid}/cgroup: {s:?}) does not exist", dir.display());
+    dir
+}
