@@ -6,6 +6,8 @@
 #   - cargo-deb, for the Debian package;
 #   - containerd 2.x from Debian sid, unpacked (not installed) into
 #     $KEEL_PREFIX/containerd2 with `dpkg -x`, so it never replaces the system's.
+#   - the cgroup v2 guest of the test command (scripts/make-guest.sh: a
+#     kernel and an initramfs under $KEEL_PREFIX/guest), unless KEEL_SKIP_VM=1.
 # Nothing here starts a daemon.
 set -euo pipefail
 
@@ -49,3 +51,6 @@ fi
 containerd --version
 runc --version | head -1
 crun --version | head -1
+if [ "${KEEL_SKIP_VM:-}" != 1 ]; then
+    bash "$(dirname "$0")/make-guest.sh" >/dev/null
+fi

@@ -9,6 +9,8 @@
 #                           (containerd, ctr, containerd-shim-runc-v2), runc,
 #                           crun, the containerd 2.x prefix, the busybox rootfs,
 #                           each binary with the shared libraries ldd names,
+#                           systemd (PID 1 when the kernel command line says
+#                           keel.systemd) with systemctl and its unit files,
 #                           and /init
 #
 # /init copies the initramfs into a tmpfs and switch_roots there (runc's
@@ -31,6 +33,7 @@ need_pkg() {
 need_pkg qemu-system-x86
 need_pkg cpio
 need_pkg busybox-static
+need_pkg systemd
 
 # The kernel: the package linux-image-cloud-amd64 depends on, unpacked.
 kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
@@ -45,7 +48,8 @@ fi
 
 # What goes in: a change to any of it rebuilds the archive.
 c2="$prefix/containerd2/usr/bin"
-bins=(/usr/bin/containerd /usr/bin/ctr /usr/bin/containerd-shim-runc-v2 /usr/sbin/runc /usr/bin/crun)
+bins=(/usr/bin/containerd /usr/bin/ctr /usr/bin/containerd-shim-runc-v2 /usr/sbin/runc /usr/bin/crun
+      /lib/systemd/systemd /bin/systemctl)
 for b in "$c2"/*; do bins+=("$b"); done
 for b in "${bins[@]}"; do [ -x "$b" ] || { echo "make-guest: $b is missing: run scripts/install-deps.sh" >&2; exit 1; }; done
 rootfs=$(bash "$(dirname "$0")/make-rootfs.sh")
@@ -76,6 +80,27 @@ mkdir -p "$tree$prefix"
 cp -a "$rootfs" "$tree$rootfs"
 cp -a "$prefix/containerd2" "$tree$prefix/containerd2"
 install -m 0755 "$init_src" "$tree/init"
+# systemd as PID 1 (keel.systemd): its units, and one of ours that runs the
+# payload and nothing else (no default dependencies: no sysinit, no getty).
+mkdir -p "$tree/lib/systemd" "$tree/etc/systemd/system" "$tree/usr/lib"
+cp -a /lib/systemd/system "$tree/lib/systemd/system"
+cp -L /usr/lib/os-release "$tree/usr/lib/os-release"
+ln -s ../usr/lib/os-release "$tree/etc/os-release"
+: >"$tree/etc/machine-id"
+cat >"$tree/etc/systemd/system/keel-payload.service" <<'UNIT'
+[Unit]
+Description=Keel guest payload
+DefaultDependencies=no
+
+[Service]
+Type=oneshot
+ExecStart=/init payload
+TimeoutStartSec=infinity
+StandardInput=null
+StandardOutput=tty
+StandardError=inherit
+TTYPath=/dev/ttyS0
+UNIT
 echo "keel-guest" >"$tree/etc/hostname"
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$tree/etc/passwd"
 printf 'root:x:0:\n' >"$tree/etc/group"

@@ -9,18 +9,21 @@
 #                     a directory is copied whole
 #   --mem MIB         guest memory (4096)
 #   --timeout SECS    kill the guest after SECS (600): exit 124
+#   --systemd         boot with systemd as PID 1 (the command runs in a
+#                     one-shot service; only the unified hierarchy, as systemd mounts it)
 #
 # CMD runs as root in /payload, with the guest's containerd binaries at the
 # host's paths. Exit: CMD's status; 124 on timeout; 125 if the guest did not
 # report one (a panic, a crash of its init).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-mem=4096 timeout=600 adds=()
+mem=4096 timeout=600 adds=() append=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --add) adds+=("$2"); shift 2 ;;
         --mem) mem=$2; shift 2 ;;
         --timeout) timeout=$2; shift 2 ;;
+        --systemd) append=" keel.systemd systemd.log_level=warning"; shift ;;
         --) shift; break ;;
         *) echo "run-guest: unknown argument $1 (the command comes after --)" >&2; exit 2 ;;
     esac
@@ -57,7 +60,7 @@ cat "$g/base.cpio" "$work/payload.cpio" >"$work/initrd"
 # plain emulation, two vCPUs.
 qemu-system-x86_64 -accel tcg,thread=multi -smp 2 -m "$mem" -nographic -no-reboot -nodefaults \
     -serial stdio -kernel "$kernel" -initrd "$work/initrd" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init" </dev/null >"$work/console" 2>&1 &
+    -append "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init$append" </dev/null >"$work/console" 2>&1 &
 qpid=$!
 # The console, live, for whoever runs this.
 tail -n +1 -f "$work/console" --pid "$qpid" &
