@@ -38,7 +38,8 @@ fn join_cgroup(pid: u32, path: &str, mountinfo: &str) -> Result<(), ShimCgroupEr
     let mounts = super::cgroup_mounts(mountinfo);
     let rel = path.trim_start_matches('/');
     let v1: BTreeSet<PathBuf> = mounts.iter().filter(|(c, _)| !c.is_empty()).map(|(_, (_, point))| point.clone()).collect();
-    let dirs: Vec<PathBuf> = if v1.is_empty() {
+    let unified = v1.is_empty();
+    let dirs: Vec<PathBuf> = if unified {
         mounts.get("").map(|(_, point)| vec![point.join(rel)]).unwrap_or_default()
     } else {
         v1.into_iter().map(|p| p.join(rel)).collect()
@@ -48,7 +49,7 @@ fn join_cgroup(pid: u32, path: &str, mountinfo: &str) -> Result<(), ShimCgroupEr
     }
     let mut created = Vec::new();
     let res = dirs.iter().try_for_each(|dir| {
-        create_cgroup(dir, &mut created)
+        create_cgroup(dir, !unified, &mut created)
             .and_then(|_| std::fs::write(dir.join("cgroup.procs"), pid.to_string()))
             .map_err(|source| ShimCgroupError::Join { path: path.into(), dir: dir.clone(), source })
     });
@@ -64,8 +65,10 @@ fn join_cgroup(pid: u32, path: &str, mountinfo: &str) -> Result<(), ShimCgroupEr
 
 /// Creates `dir` and missing parents (recording them, top-down). A new v1
 /// cpuset cgroup starts with no CPUs or memory nodes, and no task can join it
-/// until it has some: it inherits its parent's, as runc does.
-fn create_cgroup(dir: &Path, created: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// until it has some: it inherits its parent's, as runc does. On v2 an empty
+/// cpuset.cpus already means the parent's (and the root has no such file to
+/// copy), so nothing is copied there.
+fn create_cgroup(dir: &Path, v1: bool, created: &mut Vec<PathBuf>) -> std::io::Result<()> {
     let mut missing = Vec::new();
     let mut cur = Some(dir);
     while let Some(d) = cur.filter(|d| !d.exists()) {
@@ -75,6 +78,9 @@ fn create_cgroup(dir: &Path, created: &mut Vec<PathBuf>) -> std::io::Result<()> 
     for d in missing.into_iter().rev() {
         std::fs::create_dir(&d)?;
         created.push(d.clone());
+        if !v1 {
+            continue;
+        }
         for file in ["cpuset.cpus", "cpuset.mems"] {
             let own = d.join(file);
             if std::fs::read_to_string(&own).is_ok_and(|v| v.trim().is_empty()) {
@@ -101,7 +107,7 @@ mod tests {
         std::fs::write(root.join("cpuset.cpus"), "0-1\n").expect("write");
         let leaf = root.join("a/b");
         let mut created = Vec::new();
-        create_cgroup(&leaf, &mut created).expect("create");
+        create_cgroup(&leaf, true, &mut created).expect("create");
         assert_eq!(created, vec![root.join("a"), root.join("a/b")]);
         assert!(leaf.is_dir());
         std::fs::remove_dir_all(&root).ok();
