@@ -4,6 +4,12 @@
 //! `oom_kill` in memory.events, watched with inotify. Either way the count of
 //! kills is the truth: [`OomMonitor::check`] publishes when it grew, and the
 //! exit path calls it too, so /tasks/oom is out before the /tasks/exit it caused.
+//!
+//! On v2 a container's cgroup can vanish before its kill is read: systemd
+//! removes an emptied scope at once, and the kernel defers a memory.events
+//! notice that comes within 10 ms of the last one (the limit being hit, then
+//! the kill). Ancestors count their descendants' kills, so a kill that grew
+//! the parent's count while this container was at its limit is taken as its.
 
 use crate::sync::lock;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -19,15 +25,32 @@ use super::Cgroup;
 
 pub struct OomMonitor {
     counter: PathBuf,
-    seen: Mutex<u64>,
+    /// v2: the parent's memory.events (hierarchical counts), for a cgroup that is gone.
+    parent: Option<PathBuf>,
+    seen: Mutex<Seen>,
     notify: Box<dyn Fn() + Send + Sync>,
     task: Mutex<Option<AbortHandle>>,
 }
 
+/// What the last reading of the container's own file showed.
+#[derive(Default)]
+struct Seen {
+    kills: u64,
+    /// memory.events `max`: the times the limit was hit (v2).
+    max: u64,
+    /// The limit was hit since the reading before.
+    at_limit: bool,
+    /// The parent's `oom_kill` at that reading.
+    parent_kills: u64,
+}
+
+fn count(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// The `oom_kill` count in memory.oom_control (v1) or memory.events (v2).
 fn oom_kills(file: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(file).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+    count(&std::fs::read_to_string(file).ok()?, "oom_kill")
 }
 
 /// Lets tokio poll an fd owned elsewhere in the same task.
@@ -47,9 +70,15 @@ impl OomMonitor {
             }
             Cgroup::V2(dir) => (dir.join("memory.events"), true),
         };
-        let seen = oom_kills(&counter).unwrap_or(0);
-        let mon =
-            Arc::new(OomMonitor { counter: counter.clone(), seen: Mutex::new(seen), notify: Box::new(notify), task: Mutex::new(None) });
+        let parent = if v2 { counter.parent().and_then(Path::parent).map(|p| p.join("memory.events")) } else { None };
+        let mon = Arc::new(OomMonitor {
+            counter: counter.clone(),
+            parent,
+            seen: Mutex::new(Seen::default()),
+            notify: Box::new(notify),
+            task: Mutex::new(None),
+        });
+        mon.read(&mut lock(&mon.seen));
         // The watcher holds the monitor weakly: dropping the last Arc ends it.
         let watcher = Arc::downgrade(&mon);
         let task = if v2 {
@@ -67,13 +96,38 @@ impl OomMonitor {
         Ok(mon)
     }
 
+    /// Reads the container's own counts into `seen`; whether its kill count grew.
+    fn read(&self, seen: &mut Seen) -> Option<bool> {
+        let text = std::fs::read_to_string(&self.counter).ok()?;
+        let kills = count(&text, "oom_kill").unwrap_or(seen.kills);
+        let max = count(&text, "max").unwrap_or(seen.max);
+        seen.at_limit = max > seen.max;
+        seen.max = max;
+        if let Some(p) = self.parent.as_deref().and_then(oom_kills) {
+            seen.parent_kills = p;
+        }
+        let grew = kills > seen.kills;
+        seen.kills = seen.kills.max(kills);
+        Some(grew)
+    }
+
     /// Reports kills not reported yet (at most one event per call, like runc-v2).
     pub fn check(&self) {
-        let Some(now) = oom_kills(&self.counter) else { return };
         let mut seen = lock(&self.seen);
-        if now > *seen {
-            *seen = now;
-            drop(seen);
+        let grew = match self.read(&mut seen) {
+            Some(grew) => grew,
+            // Gone (see the module's note): the parent's count tells.
+            None => match self.parent.as_deref().and_then(oom_kills) {
+                Some(p) if seen.at_limit && p > seen.parent_kills => {
+                    seen.parent_kills = p;
+                    seen.at_limit = false;
+                    true
+                }
+                _ => false,
+            },
+        };
+        drop(seen);
+        if grew {
             (self.notify)();
         }
     }
@@ -115,11 +169,12 @@ async fn watch_v2(mon: Weak<OomMonitor>, ino: Inotify) {
         let Ok(mut guard) = afd.readable().await else { return };
         match ino.read_events() {
             Ok(events) => {
+                let Some(mon) = mon.upgrade() else { return };
+                mon.check();
+                // The cgroup is gone; the check above looked at its parent.
                 if events.iter().any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED)) {
                     return;
                 }
-                let Some(mon) = mon.upgrade() else { return };
-                mon.check();
             }
             Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
             Err(_) => return,
@@ -164,6 +219,39 @@ mod tests {
         assert_eq!(hits.load(Ordering::SeqCst), 1, "the same kill is not reported twice");
         mon.stop();
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// The scope systemd removed before its kill was read: the parent's
+    /// count, grown while the container was at its limit, is its kill; not
+    /// when the container never hit its limit (a sibling's kill).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_kill_in_a_removed_cgroup_is_read_from_its_parent() {
+        for hit_limit in [true, false] {
+            let parent = std::env::temp_dir().join(format!("keel-oom-gone-{}-{hit_limit}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&parent);
+            let dir = parent.join("c.scope");
+            std::fs::create_dir_all(&dir).expect("dir");
+            std::fs::write(parent.join("memory.events"), "max 5\noom 2\noom_kill 2\n").expect("write");
+            std::fs::write(dir.join("memory.events"), "max 0\noom 0\noom_kill 0\n").expect("write");
+            let hits = Arc::new(AtomicUsize::new(0));
+            let h = hits.clone();
+            let mon = OomMonitor::start(&Cgroup::V2(dir.clone()), move || {
+                h.fetch_add(1, Ordering::SeqCst);
+            })
+            .expect("start");
+            mon.stop(); // checks by hand only
+            if hit_limit {
+                std::fs::write(dir.join("memory.events"), "max 1\noom 0\noom_kill 0\n").expect("write");
+                mon.check();
+            }
+            assert_eq!(hits.load(Ordering::SeqCst), 0, "hitting the limit is no kill");
+            std::fs::remove_dir_all(&dir).expect("remove the cgroup");
+            std::fs::write(parent.join("memory.events"), "max 6\noom 3\noom_kill 3\n").expect("write");
+            mon.check();
+            mon.check();
+            assert_eq!(hits.load(Ordering::SeqCst), usize::from(hit_limit), "kills reported (container at its limit: {hit_limit})");
+            std::fs::remove_dir_all(&parent).ok();
+        }
     }
 
     #[tokio::test(flavor = "current_thread")]
