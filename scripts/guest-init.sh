@@ -39,6 +39,7 @@ if [ ! -e /.keel-switched ]; then
     done
     mkdir -p /newroot/proc /newroot/newroot
     touch /newroot/.keel-switched
+    insmod /lib/keel-modules/overlay.ko 2>/dev/null || echo "keel-guest: no overlayfs module"
     systemd=
     grep -qw keel.systemd /proc/cmdline && systemd=1
     umount /proc

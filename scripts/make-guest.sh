@@ -9,6 +9,7 @@
 #                           (containerd, ctr, containerd-shim-runc-v2), runc,
 #                           crun, the containerd 2.x prefix, the busybox rootfs,
 #                           each binary with the shared libraries ldd names,
+#                           GNU tar (the CRI tests build images with it),
 #                           systemd (PID 1 when the kernel command line says
 #                           keel.systemd) with systemctl and its unit files,
 #                           and /init
@@ -49,7 +50,7 @@ fi
 # What goes in: a change to any of it rebuilds the archive.
 c2="$prefix/containerd2/usr/bin"
 bins=(/usr/bin/containerd /usr/bin/ctr /usr/bin/containerd-shim-runc-v2 /usr/sbin/runc /usr/bin/crun
-      /lib/systemd/systemd /bin/systemctl)
+      /lib/systemd/systemd /bin/systemctl /bin/tar)
 for b in "$c2"/*; do bins+=("$b"); done
 for b in "${bins[@]}"; do [ -x "$b" ] || { echo "make-guest: $b is missing: run scripts/install-deps.sh" >&2; exit 1; }; done
 rootfs=$(bash "$(dirname "$0")/make-rootfs.sh")
@@ -80,6 +81,8 @@ mkdir -p "$tree$prefix"
 cp -a "$rootfs" "$tree$rootfs"
 cp -a "$prefix/containerd2" "$tree$prefix/containerd2"
 install -m 0755 "$init_src" "$tree/init"
+# overlayfs is a module of the cloud kernel (the CRI tests' snapshotter).
+install -D -m 0644 "$(ls "$g"/kernel/lib/modules/*/kernel/fs/overlayfs/overlay.ko | head -1)" "$tree/lib/keel-modules/overlay.ko"
 # systemd as PID 1 (keel.systemd): its units, and one of ours that runs the
 # payload and nothing else (no default dependencies: no sysinit, no getty).
 mkdir -p "$tree/lib/systemd" "$tree/etc/systemd/system" "$tree/usr/lib"
@@ -104,6 +107,9 @@ UNIT
 echo "keel-guest" >"$tree/etc/hostname"
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$tree/etc/passwd"
 printf 'root:x:0:\n' >"$tree/etc/group"
+# CRI copies these into a host-network sandbox.
+printf '127.0.0.1 localhost keel-guest\n::1 localhost\n' >"$tree/etc/hosts"
+: >"$tree/etc/resolv.conf"
 (cd "$tree" && find . -print0 | cpio --null -o -H newc --quiet) >"$g/base.cpio.new"
 mv "$g/base.cpio.new" "$g/base.cpio"
 rm -rf "$tree"

@@ -56,6 +56,7 @@ chmod 0755 "$work/tree/payload/run"
 (cd "$work/tree" && find . -print0 | cpio --null -o -H newc --quiet) >"$work/payload.cpio"
 cat "$g/base.cpio" "$work/payload.cpio" >"$work/initrd"
 
+: >"$work/console" # before tail follows it
 # KVM guests do not run on this kind of VM (they hang or abort on an MSR):
 # plain emulation, two vCPUs.
 qemu-system-x86_64 -accel tcg,thread=multi -smp 2 -m "$mem" -nographic -no-reboot -nodefaults \

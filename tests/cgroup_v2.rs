@@ -18,6 +18,7 @@ use keel_harness as common;
 
 use common::api::Api;
 use common::control::*;
+use common::cri::*;
 use common::production::*;
 use common::scenario::*;
 use common::*;
@@ -382,33 +383,35 @@ fn systemd_scope(line: Line, rt: &'static str) {
     assert!(gone.is_some(), "{} {scope} still active after delete", t.tag);
 }
 
-/// OOM in a systemd scope: /tasks/oom before exit 137.
+/// OOM in a systemd scope, three times: /tasks/oom before exit 137 each
+/// time, although systemd removes the emptied scope (its memory.events with
+/// it) as soon as the hog's shell exits.
 fn systemd_oom(line: Line, rt: &'static str) {
     let t = systemd_host(line, rt);
     let ev = t.cd.events();
-    let id = t.cd.id("sdoom");
-    let cgroup = format!("system.slice:keel:{}", id.replace('_', "-"));
-    let own = systemd_flags(&t);
-    let mut flags: Vec<&str> = own.iter().map(String::as_str).collect();
-    flags.extend(["--cgroup", &cgroup, "--memory-limit", "16777216"]);
-    let pid = t.run_d_from(&flags, None, &id, &["sh", "-c", "sleep 1; dd if=/dev/zero of=/dev/null bs=64M count=1"]);
-    let dir = cgroup_v2_dir(pid);
-    let exit = ev.expect("exit", |e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(), RUN_TIMEOUT);
-    assert_eq!(exit.payload["exit_status"], 137, "{} exit of the memory hog: {}", t.tag, exit.raw);
-    let oom = ev.wait_for(|e| e.topic == "/tasks/oom" && e.container_id() == Some(&id), Duration::from_secs(5));
-    let topics = events_of(&ev, &id, &["/tasks/oom", "/tasks/exit"]);
-    // runc-v2 of 1.6 sometimes misses it here (seen once in four runs: systemd
-    // removes the emptied scope, memory.events with it, before its watcher
-    // reads the file); Keel must not.
-    if t.keel() || oom.is_some() {
-        assert!(oom.is_some(), "{} no /tasks/oom within 5 s:\n{}", t.tag, ev.lines().join("\n"));
-        assert_eq!(topics.first().map(String::as_str), Some("/tasks/oom"), "{} oom before exit: {topics:?}", t.tag);
-    } else {
-        eprintln!("{} runc-v2 published no /tasks/oom for {id}: {topics:?}", t.tag);
+    for round in 0..3 {
+        let id = t.cd.id(&format!("sdoom{round}"));
+        let cgroup = format!("system.slice:keel:{}", id.replace('_', "-"));
+        let own = systemd_flags(&t);
+        let mut flags: Vec<&str> = own.iter().map(String::as_str).collect();
+        flags.extend(["--cgroup", &cgroup, "--memory-limit", "16777216"]);
+        let pid = t.run_d_from(&flags, None, &id, &["sh", "-c", "sleep 1; dd if=/dev/zero of=/dev/null bs=64M count=1"]);
+        let dir = cgroup_v2_dir(pid);
+        let exit = ev.expect("exit", |e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(), RUN_TIMEOUT);
+        assert_eq!(exit.payload["exit_status"], 137, "{} exit of the memory hog: {}", t.tag, exit.raw);
+        let oom = ev.wait_for(|e| e.topic == "/tasks/oom" && e.container_id() == Some(&id), Duration::from_secs(5));
+        let topics = events_of(&ev, &id, &["/tasks/oom", "/tasks/exit"]);
+        // runc-v2 misses some here (1.6: seen in one run of four): Keel must not.
+        if t.keel() || oom.is_some() {
+            assert!(oom.is_some(), "{} round {round}: no /tasks/oom within 5 s:\n{}", t.tag, ev.lines().join("\n"));
+            assert_eq!(topics, ["/tasks/oom", "/tasks/exit"], "{} round {round}: oom before exit, once each", t.tag);
+        } else {
+            eprintln!("{} round {round}: runc-v2 published no /tasks/oom for {id}: {topics:?}", t.tag);
+        }
+        t.wait_status(&id, "STOPPED");
+        t.delete_ok(&id);
+        assert_gone(&t, &dir, &id);
     }
-    t.wait_status(&id, "STOPPED");
-    t.delete_ok(&id);
-    assert_gone(&t, &dir, &id);
 }
 
 /// A cgroupsPath that is not "slice:prefix:name" with SystemdCgroup set:
@@ -431,6 +434,140 @@ fn systemd_bad_path(line: Line, rt: &'static str) {
     t.kill_delete_ok(&ok);
 }
 
+/// A pod as kubelet drives it on a systemd v2 node: CRI with the runtime
+/// handler's `SystemdCgroup = true` and a pod cgroup parent that is a
+/// slice, so containerd gives "slice:cri-containerd:id" paths. Sandbox and
+/// container land in their scopes under the pod's slice; ContainerStats,
+/// ExecSync, stop and remove work; both scopes are gone afterwards.
+fn systemd_cri_pod(line: Line, rt: &'static str) {
+    assert!(unified_host() && Path::new("/run/systemd/system").is_dir(), "needs a systemd v2 host: run with `bash scripts/test-guest.sh`");
+    rootfs();
+    let handler = if rt == KEEL_V1 { "keel" } else { "runc" };
+    let tag = format!("[cri {handler} systemd {}]", line.name());
+    let pod_slice = format!("kubepods-besteffort-pod{}.slice", unique("p").replace('-', "_"));
+    let images = std::sync::Mutex::new(None::<PathBuf>);
+    let cd = start_with_config(line, |cd| {
+        *images.lock().unwrap() = Some(build_images(&cd.dir));
+        let keel = options_file(cd, "keel-cri", "SystemdCgroup = true\n");
+        cri_config(cd, &keel, true, "SystemdCgroup = true")
+    });
+    let images = images.lock().unwrap().take().expect("images built");
+    let images_s = images.to_string_lossy().into_owned();
+    let mut args = vec!["images", "import"];
+    if line == Line::V2 {
+        args.push("--local");
+    }
+    args.push(&images_s);
+    let o = cd.ctr_raw(Some(K8S_NS), &args, None, Duration::from_secs(120));
+    assert!(o.ok(), "{tag} image import: {}\n{}", o.describe(), cd.log_tail(30));
+
+    let log_dir = cd.dir.join("pod-logs");
+    fs::create_dir_all(&log_dir).expect("pod log dir");
+    let ns_opts = k8s_cri::v1::NamespaceOption { network: k8s_cri::v1::NamespaceMode::Node as i32, ..Default::default() };
+    let sandbox_config = k8s_cri::v1::PodSandboxConfig {
+        metadata: Some(k8s_cri::v1::PodSandboxMetadata {
+            name: "sd-pod".into(),
+            uid: unique("uid"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: log_dir.to_string_lossy().into_owned(),
+        linux: Some(k8s_cri::v1::LinuxPodSandboxConfig {
+            cgroup_parent: pod_slice.clone(),
+            security_context: Some(k8s_cri::v1::LinuxSandboxSecurityContext { namespace_options: Some(ns_opts), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let req = k8s_cri::v1::RunPodSandboxRequest { config: Some(sandbox_config.clone()), runtime_handler: handler.into() };
+    let pod = expect_ok(cri!(cd, run_pod_sandbox, req), "RunPodSandbox", &cd).pod_sandbox_id;
+    let container_config = k8s_cri::v1::ContainerConfig {
+        metadata: Some(k8s_cri::v1::ContainerMetadata { name: "app".into(), attempt: 0 }),
+        image: Some(k8s_cri::v1::ImageSpec { image: BUSYBOX_IMAGE.into(), ..Default::default() }),
+        command: vec!["sh".into(), "-c".into(), "trap 'exit 7' TERM; while :; do sleep 1; done".into()],
+        log_path: "app.log".into(),
+        linux: Some(k8s_cri::v1::LinuxContainerConfig {
+            resources: Some(k8s_cri::v1::LinuxContainerResources { memory_limit_in_bytes: 41943040, ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let req = k8s_cri::v1::CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(container_config),
+        sandbox_config: Some(sandbox_config),
+    };
+    let ctr_id = expect_ok(cri!(cd, create_container, req), "CreateContainer", &cd).container_id;
+    expect_ok(cri!(cd, start_container, k8s_cri::v1::StartContainerRequest { container_id: ctr_id.clone() }), "StartContainer", &cd);
+
+    // runc-v2 of containerd 2.1.9 here: the container was killed (137) a
+    // second after its start in the one run made so far; printed, not investigated.
+    // Keel's must run.
+    if rt != KEEL_V1 {
+        std::thread::sleep(Duration::from_secs(2));
+        let req = k8s_cri::v1::ContainerStatusRequest { container_id: ctr_id.clone(), verbose: false };
+        let st = expect_ok(cri!(cd, container_status, req), "ContainerStatus", &cd).status;
+        if st.as_ref().is_some_and(|s| s.state == k8s_cri::v1::ContainerState::ContainerExited as i32) {
+            eprintln!("{tag} runc-v2's container exited at once: {st:?}");
+            let _ = cri!(cd, stop_pod_sandbox, k8s_cri::v1::StopPodSandboxRequest { pod_sandbox_id: pod.clone() });
+            let _ = cri!(cd, remove_pod_sandbox, k8s_cri::v1::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() });
+            return;
+        }
+    }
+    // The slice tree systemd makes of the dashed name, and a scope per task.
+    let slice_dir = Path::new(CGROUP2_ROOT).join("kubepods.slice/kubepods-besteffort.slice").join(&pod_slice);
+    let tasks = cd.ctr_raw(Some(K8S_NS), &["tasks", "ls"], None, CTR_TIMEOUT).out();
+    let mut scopes = Vec::new();
+    for id in [&pod, &ctr_id] {
+        let pid: u32 = tasks
+            .lines()
+            .find(|l| l.starts_with(id.as_str()) && l.contains("RUNNING"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{tag} task {id} not RUNNING:\n{tasks}"));
+        let scope = format!("cri-containerd-{id}.scope");
+        assert_eq!(cgroup_v2_dir(pid), slice_dir.join(&scope), "{tag} {id} is not in its scope under {pod_slice}");
+        let o = systemctl(&["is-active", &scope]);
+        assert_eq!(o.out().trim(), "active", "{tag} systemctl is-active {scope}: {}", o.describe());
+        scopes.push((scope, slice_dir.join(format!("cri-containerd-{id}.scope"))));
+    }
+    assert_eq!(cgroup_read(&scopes[1].1, "memory.max"), "41943040", "{tag} the container's memory limit");
+
+    let st =
+        expect_ok(cri!(cd, container_stats, k8s_cri::v1::ContainerStatsRequest { container_id: ctr_id.clone() }), "ContainerStats", &cd);
+    let mem = st.stats.and_then(|s| s.memory).and_then(|m| m.working_set_bytes).map(|v| v.value).unwrap_or(0);
+    assert!(mem > 0, "{tag} ContainerStats has no memory working set");
+    let req = k8s_cri::v1::ExecSyncRequest {
+        container_id: ctr_id.clone(),
+        cmd: vec!["sh".into(), "-c".into(), "echo in-scope; exit 3".into()],
+        timeout: 30,
+    };
+    let r = expect_ok(cri!(cd, exec_sync, req), "ExecSync", &cd);
+    assert!(r.exit_code == 3 && String::from_utf8_lossy(&r.stdout) == "in-scope\n", "{tag} ExecSync: {r:?}");
+
+    expect_ok(
+        cri!(cd, stop_container, k8s_cri::v1::StopContainerRequest { container_id: ctr_id.clone(), timeout: 10 }),
+        "StopContainer",
+        &cd,
+    );
+    let req = || k8s_cri::v1::ContainerStatusRequest { container_id: ctr_id.clone(), verbose: false };
+    let exited = poll(Duration::from_secs(20), || {
+        let s = expect_ok(cri!(cd, container_status, req()), "ContainerStatus", &cd).status?;
+        (s.state == k8s_cri::v1::ContainerState::ContainerExited as i32).then_some(s.exit_code)
+    });
+    assert_eq!(exited, Some(7), "{tag} exit code after StopContainer");
+    expect_ok(cri!(cd, remove_container, k8s_cri::v1::RemoveContainerRequest { container_id: ctr_id.clone() }), "RemoveContainer", &cd);
+    expect_ok(cri!(cd, stop_pod_sandbox, k8s_cri::v1::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }), "StopPodSandbox", &cd);
+    expect_ok(cri!(cd, remove_pod_sandbox, k8s_cri::v1::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }), "RemovePodSandbox", &cd);
+    for (scope, dir) in &scopes {
+        let gone =
+            poll(Duration::from_secs(15), || (!dir.exists() && systemctl(&["is-active", scope]).out().trim() != "active").then_some(()));
+        assert!(gone.is_some(), "{tag} {scope} outlived its task");
+    }
+    assert!(poll(Duration::from_secs(15), || cd.shim_procs().is_empty().then_some(())).is_some(), "{tag} a shim outlived the pod");
+    let _ = systemctl(&["stop", &pod_slice]);
+}
+
 // Keel and, for parity, containerd's io.containerd.runc.v2.
 scenarios!(
     [(keel, KEEL_V1, crate::common::direct), (runc, RUNC_V2, crate::common::direct)],
@@ -445,6 +582,7 @@ scenarios!(
         systemd_scope,
         systemd_oom,
         systemd_bad_path,
+        systemd_cri_pod,
     ]
 );
 

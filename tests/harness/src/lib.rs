@@ -71,6 +71,7 @@ pub mod api;
 mod cmd;
 mod containerd;
 pub mod control;
+pub mod cri;
 mod events;
 mod host;
 mod line;
