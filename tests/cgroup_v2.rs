@@ -20,6 +20,7 @@ use common::api::Api;
 use common::control::*;
 use common::cri::*;
 use common::production::*;
+use common::robust::task_events;
 use common::scenario::*;
 use common::*;
 use std::fs;
@@ -57,7 +58,7 @@ fn keyed(dir: &Path, file: &str, key: &str) -> u64 {
 }
 
 fn events_of(ev: &EventsWatcher, id: &str, topics: &[&str]) -> Vec<String> {
-    ev.events().into_iter().filter(|e| e.container_id() == Some(id) && topics.contains(&e.topic.as_str())).map(|e| e.topic).collect()
+    task_events(&ev.handle(), id).into_iter().filter(|e| topics.contains(&e.topic.as_str())).map(|e| e.topic).collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -149,20 +150,29 @@ fn stats_match_cgroup_files(line: Line, rt: &'static str) {
     assert_gone(&t, &dir, &id);
 }
 
+/// Runs `id` as a 16 MiB container (plus `flags`) that allocates 64 MiB,
+/// waits for its exit 137 and returns its cgroup (it still exists unless
+/// systemd removed the scope).
+fn run_memory_hog(t: &T, ev: &EventsWatcher, id: &str, flags: &[&str]) -> PathBuf {
+    let mut f = flags.to_vec();
+    f.extend(["--memory-limit", "16777216"]);
+    // Idles long enough (under emulation) to be seen RUNNING and its cgroup
+    // found, then allocates 64 MiB at once.
+    let pid = t.run_d_from(&f, None, id, &["sh", "-c", "sleep 3; dd if=/dev/zero of=/dev/null bs=64M count=1"]);
+    let dir = cgroup_v2_dir(pid);
+    assert_eq!(cgroup_read(&dir, "memory.max"), "16777216", "{} memory.max", t.tag);
+    let exit = ev.expect("exit", |e| e.topic == "/tasks/exit" && e.payload["id"] == id, RUN_TIMEOUT);
+    assert_eq!(exit.payload["exit_status"], 137, "{} exit of the memory hog: {}", t.tag, exit.raw);
+    dir
+}
+
 /// A 16 MiB container that allocates 64 MiB: /tasks/oom (from
 /// memory.events) before its exit 137, memory.events counting the kill.
 fn oom_from_memory_events(line: Line, rt: &'static str) {
     let t = v2(line, rt);
     let ev = t.cd.events();
     let id = t.cd.id("oom");
-    // Idles long enough (under emulation) to be seen RUNNING and its cgroup
-    // found, then allocates 64 MiB at once.
-    let pid =
-        t.run_d_from(&["--memory-limit", "16777216"], None, &id, &["sh", "-c", "sleep 3; dd if=/dev/zero of=/dev/null bs=64M count=1"]);
-    let dir = cgroup_v2_dir(pid);
-    assert_eq!(cgroup_read(&dir, "memory.max"), "16777216", "{} memory.max", t.tag);
-    let exit = ev.expect("exit", |e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(), RUN_TIMEOUT);
-    assert_eq!(exit.payload["exit_status"], 137, "{} exit of the memory hog: {}", t.tag, exit.raw);
+    let dir = run_memory_hog(&t, &ev, &id, &[]);
     ev.expect("oom", |e| e.topic == "/tasks/oom" && e.container_id() == Some(&id), Duration::from_secs(5));
     let topics = events_of(&ev, &id, &["/tasks/oom", "/tasks/exit"]);
     assert_eq!(topics.first().map(String::as_str), Some("/tasks/oom"), "{} oom before exit:\n{}", t.tag, ev.lines().join("\n"));
@@ -309,9 +319,7 @@ fn crun_no_wrapper(line: Line, rt: &'static str) {
     let pid = t.wait_status(&id, "RUNNING");
     let dir = cgroup_v2_dir(pid);
     t.assert_exec_works(&id, "crun");
-    // crun's state directory has a `status` file; runc's has state.json.
-    let state = runc_state_dir(&t.cd.ns, &id);
-    assert!(state.join("status").is_file() && !state.join("state.json").exists(), "{} {} is not crun's state", t.tag, state.display());
+    assert_crun_state(&t.cd, &id, &t.tag);
     t.kill_delete_ok(&id);
     assert_gone(&t, &dir, &id);
 }
@@ -320,14 +328,17 @@ fn crun_no_wrapper(line: Line, rt: &'static str) {
 // systemd driver
 // ---------------------------------------------------------------------------
 
-/// `SystemdCgroup = true` as each shim takes it from ctr: Keel through its
-/// runtime options file, runc-v2 through ctr's --runc-systemd-cgroup.
-fn systemd_flags(t: &T) -> Vec<String> {
-    if t.keel() {
+/// `ctr run` flags: `SystemdCgroup = true` as each shim takes it from ctr
+/// (Keel through its runtime options file, runc-v2 through ctr's
+/// --runc-systemd-cgroup), then `more`.
+fn systemd_flags(t: &T, more: &[&str]) -> Vec<String> {
+    let mut f: Vec<String> = if t.keel() {
         vec!["--runtime-config-path".into(), options_file(&t.cd, "systemd", "SystemdCgroup = true\n").to_string_lossy().into_owned()]
     } else {
         vec!["--runc-systemd-cgroup".into()]
-    }
+    };
+    f.extend(more.iter().map(|s| s.to_string()));
+    f
 }
 
 fn systemctl(args: &[&str]) -> Output {
@@ -336,9 +347,15 @@ fn systemctl(args: &[&str]) -> Output {
     run_cmd(c, None, Duration::from_secs(20))
 }
 
+/// Panics unless this is a unified host whose PID 1 is systemd.
+fn assert_systemd_host(tag: &str) {
+    assert!(unified_host(), "{tag} this suite needs a cgroup v2 (unified) host: run it with `bash scripts/test-guest.sh`");
+    assert!(Path::new("/run/systemd/system").is_dir(), "{tag} systemd is not PID 1 here: run with `bash scripts/test-guest.sh`");
+}
+
 fn systemd_host(line: Line, rt: &'static str) -> T {
     let t = v2(line, rt);
-    assert!(Path::new("/run/systemd/system").is_dir(), "{} systemd is not PID 1 here: run with `bash scripts/test-guest.sh`", t.tag);
+    assert_systemd_host(&t.tag);
     t
 }
 
@@ -352,10 +369,8 @@ fn systemd_scope(line: Line, rt: &'static str) {
     let name = id.replace('_', "-");
     let cgroup = format!("system.slice:keel:{name}");
     let scope = format!("keel-{name}.scope");
-    let own = systemd_flags(&t);
-    let mut flags: Vec<&str> = own.iter().map(String::as_str).collect();
-    flags.extend(["--cgroup", &cgroup, "--memory-limit", "33554432"]);
-    let pid = t.run_d_from(&flags, None, &id, &["sh", "-c", "sleep 1000 & wait"]);
+    let flags = systemd_flags(&t, &["--cgroup", &cgroup, "--memory-limit", "33554432"]);
+    let pid = t.run_d_from(&strs(&flags), None, &id, &["sh", "-c", "sleep 1000 & wait"]);
     let dir = cgroup_v2_dir(pid);
     assert_eq!(dir, Path::new(CGROUP2_ROOT).join("system.slice").join(&scope), "{} init's cgroup is not its scope", t.tag);
     let o = systemctl(&["is-active", &scope]);
@@ -396,13 +411,8 @@ fn systemd_oom(line: Line, rt: &'static str) {
     for round in 0..3 {
         let id = t.cd.id(&format!("sdoom{round}"));
         let cgroup = format!("system.slice:keel:{}", id.replace('_', "-"));
-        let own = systemd_flags(&t);
-        let mut flags: Vec<&str> = own.iter().map(String::as_str).collect();
-        flags.extend(["--cgroup", &cgroup, "--memory-limit", "16777216"]);
-        let pid = t.run_d_from(&flags, None, &id, &["sh", "-c", "sleep 3; dd if=/dev/zero of=/dev/null bs=64M count=1"]);
-        let dir = cgroup_v2_dir(pid);
-        let exit = ev.expect("exit", |e| e.topic == "/tasks/exit" && e.payload["id"] == id.as_str(), RUN_TIMEOUT);
-        assert_eq!(exit.payload["exit_status"], 137, "{} exit of the memory hog: {}", t.tag, exit.raw);
+        let own = systemd_flags(&t, &["--cgroup", &cgroup]);
+        let dir = run_memory_hog(&t, &ev, &id, &strs(&own));
         let oom = ev.wait_for(|e| e.topic == "/tasks/oom" && e.container_id() == Some(&id), Duration::from_secs(5));
         let topics = events_of(&ev, &id, &["/tasks/oom", "/tasks/exit"]);
         // runc-v2 misses some here (1.6: seen in one run of four): Keel must not.
@@ -424,10 +434,8 @@ fn systemd_oom(line: Line, rt: &'static str) {
 fn systemd_bad_path(line: Line, rt: &'static str) {
     let t = systemd_host(line, rt);
     let id = t.cd.id("sdbad");
-    let own = systemd_flags(&t);
-    let mut flags: Vec<&str> = own.iter().map(String::as_str).collect();
-    flags.extend(["--cgroup", "/not/a/slice", "-d"]);
-    let o = t.run(&flags, &id, &["sleep", "1000"]);
+    let flags = systemd_flags(&t, &["--cgroup", "/not/a/slice", "-d"]);
+    let o = t.run(&strs(&flags), &id, &["sleep", "1000"]);
     eprintln!("{} cgroupsPath /not/a/slice with the systemd driver -> {}", t.tag, ctr_error(&o));
     if t.keel() {
         assert!(!o.ok() && !o.timed_out, "{} a non-systemd cgroupsPath was accepted: {}", t.tag, o.describe());
@@ -444,10 +452,10 @@ fn systemd_bad_path(line: Line, rt: &'static str) {
 /// container land in their scopes under the pod's slice; ContainerStats,
 /// ExecSync, stop and remove work; both scopes are gone afterwards.
 fn systemd_cri_pod(line: Line, rt: &'static str) {
-    assert!(unified_host() && Path::new("/run/systemd/system").is_dir(), "needs a systemd v2 host: run with `bash scripts/test-guest.sh`");
     rootfs();
     let handler = if rt == KEEL_V1 { "keel" } else { "runc" };
     let tag = format!("[cri {handler} systemd {}]", line.name());
+    assert_systemd_host(&tag);
     let pod_slice = format!("kubepods-besteffort-pod{}.slice", unique("p").replace('-', "_"));
     let images = std::sync::Mutex::new(None::<PathBuf>);
     let cd = start_with_config(line, |cd| {

@@ -82,14 +82,7 @@ fn crun_backend(line: Line, rt: &'static str) {
     );
     // Evidence 3: the state directory has crun's layout (a `status` file),
     // not runc's (`state.json`), and crun itself knows the container.
-    let state = runc_state_dir(&p.cd.ns, &id);
-    assert!(
-        state.join("status").exists() && !state.join("state.json").exists(),
-        "{} {} is not crun state: {:?}",
-        p.tag,
-        state.display(),
-        std::fs::read_dir(&state).map(|r| r.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
-    );
+    let state = assert_crun_state(&p.cd, &id, &p.tag);
     let mut c = std::process::Command::new(CRUN_BIN);
     c.arg("--root").arg(state.parent().unwrap()).args(["state", &id]);
     let o = run_cmd(c, None, Duration::from_secs(10));

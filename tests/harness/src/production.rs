@@ -211,6 +211,19 @@ pub fn crun_variant() -> bool {
     CRUN_VARIANT.with(|c| c.get())
 }
 
+/// The runtime state directory of `id` has crun's layout (a `status` file),
+/// not runc's (`state.json`); returns it.
+pub fn assert_crun_state(cd: &Containerd, id: &str, tag: &str) -> PathBuf {
+    let state = runc_state_dir(&cd.ns, id);
+    assert!(
+        state.join("status").exists() && !state.join("state.json").exists(),
+        "{tag} {} is not crun state: {:?}",
+        state.display(),
+        fs::read_dir(&state).map(|r| r.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
+    state
+}
+
 /// For the crun variant: panics unless crun created a container of this
 /// containerd (a `create` through the wrapper, which execs /usr/bin/crun).
 pub fn assert_crun_created(cd: &Containerd, tag: &str) {
