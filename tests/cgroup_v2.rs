@@ -348,6 +348,14 @@ fn systemctl(args: &[&str]) -> Output {
 }
 
 /// Panics unless this is a unified host whose PID 1 is systemd.
+/// The guest kernel's last messages (an OOM kill, a segfault): printed when
+/// a container dies in a way its scenario did not ask for.
+fn kernel_log_tail(lines: usize) -> String {
+    let out = std::process::Command::new("dmesg").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let all: Vec<&str> = out.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 fn assert_systemd_host(tag: &str) {
     assert!(unified_host(), "{tag} this suite needs a cgroup v2 (unified) host: run it with `bash scripts/test-guest.sh`");
     assert!(Path::new("/run/systemd/system").is_dir(), "{tag} systemd is not PID 1 here: run with `bash scripts/test-guest.sh`");
@@ -510,20 +518,33 @@ fn systemd_cri_pod(line: Line, rt: &'static str) {
         sandbox_config: Some(sandbox_config),
     };
     let ctr_id = expect_ok(cri!(cd, create_container, req), "CreateContainer", &cd).container_id;
-    expect_ok(cri!(cd, start_container, k8s_cri::v1::StartContainerRequest { container_id: ctr_id.clone() }), "StartContainer", &cd);
-
-    // runc-v2 of containerd 2.1.9 here: the container was killed (137) a
-    // second after its start in the one run made so far; printed, not investigated.
-    // Keel's must run.
+    let started = cri!(cd, start_container, k8s_cri::v1::StartContainerRequest { container_id: ctr_id.clone() });
+    // runc-v2 of containerd 2.1.9 here, in about half the runs: the
+    // container's processes are SIGKILLed during its start (runc create
+    // fails: "unable to store init state", "can't get final child's PID
+    // from pipe: EOF") or within a second after it (exit 137). No kernel
+    // OOM kill is logged, and Keel's container, in the same pod setup on the
+    // same containerd, runs every time; the cause is not found. The
+    // reference's failure is printed, not failed; Keel's must run.
+    let reference_died = |what: &str| {
+        eprintln!("{tag} runc-v2's container {what} (a known failure of the reference here)\nkernel:\n{}", kernel_log_tail(15));
+        let _ = cri!(cd, stop_pod_sandbox, k8s_cri::v1::StopPodSandboxRequest { pod_sandbox_id: pod.clone() });
+        let _ = cri!(cd, remove_pod_sandbox, k8s_cri::v1::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() });
+    };
+    match started {
+        Err(e) if rt != KEEL_V1 && line == Line::V2 && e.message.contains("runc create failed") => {
+            return reference_died(&format!("was killed during StartContainer: {}", e.message));
+        }
+        r => {
+            expect_ok(r, "StartContainer", &cd);
+        }
+    }
     if rt != KEEL_V1 {
         std::thread::sleep(Duration::from_secs(2));
         let req = k8s_cri::v1::ContainerStatusRequest { container_id: ctr_id.clone(), verbose: false };
         let st = expect_ok(cri!(cd, container_status, req), "ContainerStatus", &cd).status;
         if st.as_ref().is_some_and(|s| s.state == k8s_cri::v1::ContainerState::ContainerExited as i32) {
-            eprintln!("{tag} runc-v2's container exited at once: {st:?}");
-            let _ = cri!(cd, stop_pod_sandbox, k8s_cri::v1::StopPodSandboxRequest { pod_sandbox_id: pod.clone() });
-            let _ = cri!(cd, remove_pod_sandbox, k8s_cri::v1::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() });
-            return;
+            return reference_died(&format!("exited at once: {st:?}"));
         }
     }
     // The slice tree systemd makes of the dashed name, and a scope per task.
@@ -531,12 +552,16 @@ fn systemd_cri_pod(line: Line, rt: &'static str) {
     let tasks = cd.ctr_raw(Some(K8S_NS), &["tasks", "ls"], None, CTR_TIMEOUT).out();
     let mut scopes = Vec::new();
     for id in [&pod, &ctr_id] {
-        let pid: u32 = tasks
+        let pid: Option<u32> = tasks
             .lines()
             .find(|l| l.starts_with(id.as_str()) && l.contains("RUNNING"))
             .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("{tag} task {id} not RUNNING:\n{tasks}"));
+            .and_then(|p| p.parse().ok());
+        if pid.is_none() && rt != KEEL_V1 && line == Line::V2 {
+            return reference_died(&format!("{id} is not running after 2 s:\n{tasks}"));
+        }
+        let pid =
+            pid.unwrap_or_else(|| panic!("{tag} task {id} not RUNNING:\n{tasks}\nkernel:\n{}\n{}", kernel_log_tail(30), cd.log_tail(60)));
         let scope = format!("cri-containerd-{id}.scope");
         assert_eq!(cgroup_v2_dir(pid), slice_dir.join(&scope), "{tag} {id} is not in its scope under {pod_slice}");
         let o = systemctl(&["is-active", &scope]);
@@ -572,6 +597,9 @@ fn systemd_cri_pod(line: Line, rt: &'static str) {
     // 10 s grace and the kill's 137 came instead: not understood yet, so
     // printed, and only an exit is required.
     eprintln!("{tag} exit code after StopContainer: {exited:?}");
+    if exited != Some(7) {
+        eprintln!("{tag} kernel:\n{}\n{}", kernel_log_tail(30), cd.log_tail(60));
+    }
     assert!(matches!(exited, Some(7) | Some(137)), "{tag} exit code after StopContainer: {exited:?}");
     if line == Line::V16 {
         assert_eq!(exited, Some(7), "{tag} exit code after StopContainer (the TERM trap)");
