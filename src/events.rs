@@ -91,12 +91,14 @@ impl Publisher {
 }
 
 impl Publisher {
-    /// Waits until everything published so far reached containerd (or was given up).
-    pub async fn flush(&self, limit: Duration) {
+    /// Waits until everything published so far reached containerd (or was
+    /// given up); false if that took longer than `limit`.
+    pub async fn flush(&self, limit: Duration) -> bool {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Item::Flush(tx)).is_ok() {
-            let _ = tokio::time::timeout(limit, rx).await;
+        if self.tx.send(Item::Flush(tx)).is_err() {
+            return false;
         }
+        matches!(tokio::time::timeout(limit, rx).await, Ok(Ok(())))
     }
 }
 

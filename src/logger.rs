@@ -67,6 +67,25 @@ pub fn init(bundle: &Path, debug: bool, namespace: &str, id: &str) {
         .open(bundle.join("log"))
         .or_else(|_| std::fs::OpenOptions::new().write(true).open("/dev/stderr"));
     let Ok(out) = out else { return };
+    install(out, debug, namespace, id);
+}
+
+/// The fd the logger writes to, for a hand-over to a new binary: containerd
+/// reads the log fifo until its last writer closes, so the fifo must never
+/// be without one.
+pub fn fd() -> Option<std::os::fd::RawFd> {
+    LOG_FD.get().copied()
+}
+
+static LOG_FD: std::sync::OnceLock<std::os::fd::RawFd> = std::sync::OnceLock::new();
+
+/// Installs the logger on the fifo the previous binary wrote to.
+pub fn init_from(out: File, debug: bool, namespace: &str, id: &str) {
+    install(out, debug, namespace, id);
+}
+
+fn install(out: File, debug: bool, namespace: &str, id: &str) {
+    let _ = LOG_FD.set(std::os::fd::AsRawFd::as_raw_fd(&out));
     let fields = format!("runtime=io.containerd.keel.v1 namespace={namespace} id={id} pid={}", std::process::id());
     if log::set_boxed_logger(Box::new(FifoLogger { out: Mutex::new(out), fields })).is_ok() {
         log::set_max_level(if debug { log::LevelFilter::Debug } else { log::LevelFilter::Info });

@@ -18,7 +18,7 @@ pub const DEFAULT_BINARY: &str = "runc";
 pub const DEFAULT_ROOT: &str = "/run/containerd/runc";
 
 /// The options Keel acts on, with runc-v2's defaults.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RuntimeOptions {
     pub binary_name: String,
     pub root: String,

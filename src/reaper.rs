@@ -21,7 +21,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 
 /// A child's exit as containerd reports it: the exit code, or 128 + signal.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Exit {
     pub pid: i32,
     pub status: i32,
@@ -58,6 +58,11 @@ struct Inner {
     processes: HashMap<i32, Owner>,
     subscriptions: HashMap<u64, Vec<Exit>>,
     next_subscription: u64,
+    /// A hand-over to a new binary is under way: exits stay zombies, for
+    /// the new binary's reaper to collect.
+    held: bool,
+    /// Exits sent to the exit stream and not yet delivered.
+    undelivered: usize,
 }
 
 #[derive(Clone)]
@@ -126,27 +131,39 @@ impl Reaper {
     /// Runs forever: every SIGCHLD drains all exited children.
     pub async fn run(self) -> std::io::Result<()> {
         let mut sigchld = signal(SignalKind::child())?;
+        // A fresh shim has no children yet; one that took over from its
+        // previous binary collects here what exited during the hand-over.
+        let held = self.reap_all();
+        if held > 0 {
+            log::info!("collected {held} exits held over the upgrade");
+        }
         loop {
-            self.reap_all();
             if sigchld.recv().await.is_none() {
                 return Ok(());
             }
+            self.reap_all();
         }
     }
 
-    fn reap_all(&self) {
+    /// Collects every exited child; returns how many.
+    fn reap_all(&self) -> usize {
+        let mut n = 0;
         loop {
+            if self.lock().held {
+                return n;
+            }
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return n,
                 Ok(ws) => {
                     if let Some(exit) = status_of(ws) {
+                        n += 1;
                         self.route(exit);
                     }
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     log::warn!("waitpid: {e}");
-                    return;
+                    return n;
                 }
             }
         }
@@ -159,7 +176,9 @@ impl Reaper {
         if let Some(tx) = inner.commands.remove(&exit.pid) {
             let _ = tx.send(exit.status);
         } else if let Some(owner) = inner.processes.remove(&exit.pid) {
-            let _ = self.exits.send((owner, exit));
+            if self.exits.send((owner, exit)).is_ok() {
+                inner.undelivered += 1;
+            }
         } else if !inner.subscriptions.is_empty() {
             for buf in inner.subscriptions.values_mut() {
                 buf.push(exit);
@@ -207,6 +226,41 @@ impl Reaper {
 
     pub fn forget(&self, pid: i32) {
         self.lock().processes.remove(&pid);
+    }
+
+    /// Makes `owner` the receiver of `pid`'s exit, for a process this shim
+    /// took over from its previous binary.
+    pub fn adopt(&self, pid: i32, owner: Owner) {
+        self.lock().processes.insert(pid, owner);
+    }
+
+    /// Called by the exit stream's consumer once an exit was delivered.
+    pub fn delivered(&self) {
+        let mut inner = self.lock();
+        inner.undelivered = inner.undelivered.saturating_sub(1);
+    }
+
+    /// Stops (or restarts) collecting exits. Returns whether every exit
+    /// collected so far has been delivered.
+    pub fn hold(&self, held: bool) -> bool {
+        let mut inner = self.lock();
+        inner.held = held;
+        inner.undelivered == 0
+    }
+
+    /// Runtime commands someone still waits for (a logger's exit nobody awaits).
+    pub fn commands_running(&self) -> usize {
+        self.lock().commands.values().filter(|tx| !tx.is_closed()).count()
+    }
+
+    /// Exits collected and not yet delivered.
+    pub fn undelivered(&self) -> usize {
+        self.lock().undelivered
+    }
+
+    /// Collects what exited while held.
+    pub fn reap_now(&self) {
+        self.reap_all();
     }
 }
 

@@ -13,10 +13,12 @@ use containerd_shim_protos::ttrpc::{self};
 use containerd_shim_protos::types::task::Status as PbStatus;
 use tokio::sync::Notify;
 
+use crate::container::handover::ContainerImage;
 use crate::container::process::Status;
 use crate::container::{Container, CreateRequest};
 use crate::error::{Error, Result};
 use crate::events::{timestamp, Publisher};
+use crate::fdpass::Passed;
 use crate::reaper::Reaper;
 use crate::stdio::StdioConfig;
 use crate::tasklist::{validate_id, TaskList};
@@ -61,6 +63,47 @@ impl Service {
             shutdown,
             asked_to_create: Default::default(),
         }
+    }
+
+    /// Creates, Starts or exits at work: a hand-over to a new binary waits.
+    pub fn busy(&self) -> bool {
+        self.tasks.creating() > 0 || self.tasks.all().iter().any(|c| c.busy())
+    }
+
+    /// Describes every task for the next binary (stdio copies halted by the
+    /// caller), passing their fds on. On failure, the images made so far
+    /// come back with the error, to be taken up again.
+    pub async fn hand_over(&self, fds: &mut Passed) -> std::result::Result<Vec<ContainerImage>, (Error, Vec<ContainerImage>)> {
+        let mut images = Vec::new();
+        for c in self.tasks.all() {
+            match c.hand_over(fds).await {
+                Ok(img) => images.push(img),
+                Err(e) => return Err((e, images)),
+            }
+        }
+        Ok(images)
+    }
+
+    /// Lists the tasks of a hand-over (the previous binary's, or this one's
+    /// after a refused upgrade).
+    ///
+    /// # Safety
+    /// The fds the images name are this process's and owned by nobody.
+    pub unsafe fn take_over(&self, images: Vec<ContainerImage>, reaper: &Reaper, publisher: &Publisher) -> Result<()> {
+        self.asked_to_create.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut first_err = None;
+        for img in images {
+            let (ns, id) = (img.namespace.clone(), img.id.clone());
+            // SAFETY: per this function's contract.
+            match unsafe { Container::take_over(img, reaper.clone(), publisher.clone()) } {
+                Ok(c) => self.tasks.insert(&ns, &id, c),
+                Err(e) => {
+                    log::error!("task {id}: not taken over: {e}");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     pub fn asked_to_create(&self) -> bool {

@@ -129,6 +129,21 @@ impl<T> TaskList<T> {
         t
     }
 
+    /// Every task, for a hand-over to a new binary.
+    pub fn all(&self) -> Vec<Arc<T>> {
+        self.lock().values().flat_map(|ns| ns.values().cloned()).collect()
+    }
+
+    /// Lists a task taken over from the shim's previous binary.
+    pub fn insert(&self, namespace: &str, id: &str, task: Arc<T>) {
+        self.lock().entry(namespace.to_string()).or_default().insert(id.to_string(), task);
+    }
+
+    /// Creates at work.
+    pub fn creating(&self) -> usize {
+        lock(&self.reserved).len()
+    }
+
     pub fn len(&self) -> usize {
         self.lock().values().map(HashMap::len).sum()
     }

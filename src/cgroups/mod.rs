@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The cgroup of one process, resolved to directories on this host.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Cgroup {
     /// cgroup v1 (or hybrid): one directory per controller.
     V1(HashMap<String, PathBuf>),

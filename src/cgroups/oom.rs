@@ -32,9 +32,10 @@ pub struct OomMonitor {
     task: Mutex<Option<AbortHandle>>,
 }
 
-/// What the last reading of the container's own file showed.
-#[derive(Default)]
-struct Seen {
+/// What the last reading of the container's own file showed (handed to a
+/// new binary, so a kill during the hand-over is still reported once).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Seen {
     kills: u64,
     /// memory.events `max`: the times the limit was hit (v2).
     max: u64,
@@ -64,6 +65,17 @@ impl AsRawFd for Raw {
 impl OomMonitor {
     /// Starts watching; `notify` runs once per OOM kill.
     pub fn start(cg: &Cgroup, notify: impl Fn() + Send + Sync + 'static) -> std::io::Result<Arc<Self>> {
+        Self::start_from(cg, None, notify)
+    }
+
+    /// What has been read (and reported) so far.
+    pub fn seen(&self) -> Seen {
+        *lock(&self.seen)
+    }
+
+    /// Starts watching where an earlier monitor (of the previous binary)
+    /// left off: a kill it did not see is reported now.
+    pub fn start_from(cg: &Cgroup, seen: Option<Seen>, notify: impl Fn() + Send + Sync + 'static) -> std::io::Result<Arc<Self>> {
         let (counter, v2) = match cg {
             Cgroup::V1(m) => {
                 (m.get("memory").ok_or_else(|| std::io::Error::other("no memory controller"))?.join("memory.oom_control"), false)
@@ -78,7 +90,12 @@ impl OomMonitor {
             notify: Box::new(notify),
             task: Mutex::new(None),
         });
-        mon.read(&mut lock(&mon.seen));
+        match seen {
+            Some(seen) => *lock(&mon.seen) = seen,
+            None => {
+                mon.read(&mut lock(&mon.seen));
+            }
+        }
         // The watcher holds the monitor weakly: dropping the last Arc ends it.
         let watcher = Arc::downgrade(&mon);
         let task = if v2 {
@@ -93,6 +110,9 @@ impl OomMonitor {
             tokio::spawn(watch_v1(watcher, efd, control))
         };
         *lock(&mon.task) = Some(task.abort_handle());
+        if seen.is_some() {
+            mon.check();
+        }
         Ok(mon)
     }
 

@@ -101,6 +101,7 @@ impl Container {
             oom: Default::default(),
             options: req.options.clone(),
             restore_from: Mutex::new((!req.checkpoint.is_empty()).then(|| PathBuf::from(&req.checkpoint))),
+            exiting: Default::default(),
         });
         if !req.checkpoint.is_empty() {
             return Ok((container, None));

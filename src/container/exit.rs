@@ -32,6 +32,7 @@ impl Container {
 
     pub(super) fn handle_exit(self: &Arc<Self>, p: Arc<Process>, exit: Exit) {
         let c = self.clone();
+        c.exiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
             if p.is_init() && !c.own_pid_ns {
                 // Without its own pid namespace the init's death takes nothing
@@ -60,6 +61,7 @@ impl Container {
                 c.publish_exit(&p, exit);
                 c.exec_finished();
             }
+            c.exiting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         });
     }
 

@@ -5,6 +5,7 @@ mod control;
 mod create;
 mod exec;
 mod exit;
+pub mod handover;
 pub mod process;
 #[cfg(test)]
 mod tests;
@@ -60,6 +61,9 @@ pub struct Container {
     options: RuntimeOptions,
     /// A checkpoint to restore from at Start.
     restore_from: Mutex<Option<PathBuf>>,
+    /// Exits being worked through (drained, ordered, published): a
+    /// hand-over to a new binary waits for them.
+    exiting: std::sync::atomic::AtomicUsize,
 }
 
 impl Container {

@@ -44,7 +44,7 @@ impl StateError {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Status {
     Created,
     Running,
@@ -145,6 +145,16 @@ impl State {
     }
 }
 
+/// The state a restored process starts in (see [`Process::restored`]).
+pub(super) struct Restored {
+    pub status: Status,
+    pub pid: i32,
+    pub exit_status: u32,
+    pub exited_at: Option<SystemTime>,
+    pub reaped: bool,
+    pub pidfd: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+}
+
 pub struct Process {
     /// Empty for the container's init.
     pub exec_id: String,
@@ -183,6 +193,31 @@ impl Process {
 
     pub fn is_init(&self) -> bool {
         self.exec_id.is_empty()
+    }
+
+    /// A process taken over from the shim's previous binary, in the state
+    /// it left it (never mid-Start: a hand-over waits for Starts to end).
+    pub(super) fn restored(exec_id: &str, stdio: StdioConfig, spec: Vec<u8>, st: Restored) -> Self {
+        let p = Process::new(exec_id, stdio, spec);
+        {
+            let mut s = p.lock();
+            s.status = st.status;
+            s.pid = st.pid;
+            s.exit_status = st.exit_status;
+            s.exited_at = st.exited_at;
+            s.reaped = st.reaped;
+            s.pidfd = st.pidfd;
+        }
+        if matches!(st.status, Status::Stopped | Status::Deleted) {
+            p.done.send_replace(true);
+        }
+        p
+    }
+
+    /// Whether a Start is at work (or holds an exit) on this process.
+    pub(super) fn starting(&self) -> bool {
+        let st = self.lock();
+        st.starting || st.pending_exit.is_some()
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {

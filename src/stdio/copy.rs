@@ -55,9 +55,10 @@ const EARLY_LIMIT: usize = 1 << 20;
 /// Copies a container's output into containerd's fifo until the container
 /// side closes (EOF, or EIO once a pty's last slave is gone).
 /// `opened` fires once the rendezvous with the client's reader is over.
-pub(super) async fn copy_out(mut from: impl AsyncRead + Unpin, fifo: PathBuf, opened: tokio::sync::oneshot::Sender<()>) {
+pub(super) async fn copy_out(mut from: pipe::Receiver, fifo: PathBuf, opened: tokio::sync::oneshot::Sender<()>) -> Option<OutEnds> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let open = open_output(&fifo);
+    let path = fifo.clone();
+    let open = open_output(&path);
     tokio::pin!(open);
     let (mut early, mut buf, mut done) = (Vec::new(), vec![0u8; 8192], false);
     let target = loop {
@@ -71,23 +72,71 @@ pub(super) async fn copy_out(mut from: impl AsyncRead + Unpin, fifo: PathBuf, op
     };
     drop(buf);
     let _ = opened.send(());
-    let res = match target {
-        Some((mut to, keep)) => {
-            let res = match to.write_all(&early).await {
-                Ok(()) if !done => copy_to_end(&mut from, &mut to).await,
-                r => r,
-            };
-            if res.is_ok() {
+    match target {
+        Some((mut to, keep)) => match to.write_all(&early).await {
+            Ok(()) if !done => finish_out(OutEnds { from, to: Some((to, keep)), fifo }).await,
+            Ok(()) => {
                 wait_consumed(&keep, &fifo).await;
+                None
             }
-            res
-        }
+            Err(e) => {
+                log::warn!("copy to {}: {e}", fifo.display());
+                None
+            }
+        },
         // Drain it anyway, so the container never blocks on a full pipe.
-        None if !done => copy_to_end(&mut from, &mut tokio::io::sink()).await,
-        None => Ok(()),
+        None if !done => finish_out(OutEnds { from, to: None, fifo }).await,
+        None => None,
+    }
+}
+
+/// An output copy stopped between two reads for a hand-over to a new
+/// binary: its fds, to be copied on by [`finish_out`].
+pub struct OutEnds {
+    pub from: pipe::Receiver,
+    /// The fifo's writer and the shim's own reader on it; none when the
+    /// client never opened the fifo (the output is drained and dropped).
+    pub to: Option<(pipe::Sender, std::fs::File)>,
+    pub fifo: PathBuf,
+}
+
+/// A stdin copy stopped between two reads.
+pub struct InEnds {
+    pub from: pipe::Receiver,
+    pub to: pipe::Sender,
+}
+
+static HALT: std::sync::LazyLock<tokio::sync::watch::Sender<bool>> = std::sync::LazyLock::new(|| tokio::sync::watch::channel(false).0);
+
+/// Stops every copy of this shim at its next read (`true`), or lets new
+/// copies run (`false`): a hand-over to a new binary takes their fds.
+pub fn halt_copies(halt: bool) {
+    HALT.send_replace(halt);
+}
+
+async fn halted() {
+    let mut rx = HALT.subscribe();
+    let _ = rx.wait_for(|h| *h).await;
+}
+
+/// Copies an output from where it is until its end, or until halted.
+pub(super) async fn finish_out(mut ends: OutEnds) -> Option<OutEnds> {
+    let res = match &mut ends.to {
+        Some((to, _)) => copy_to_end(&mut ends.from, to).await,
+        None => copy_to_end(&mut ends.from, &mut tokio::io::sink()).await,
     };
-    if let Err(e) = res {
-        log::warn!("copy to {}: {e}", fifo.display());
+    match res {
+        Ok(true) => Some(ends),
+        Ok(false) => {
+            if let Some((_, keep)) = &ends.to {
+                wait_consumed(keep, &ends.fifo).await;
+            }
+            None
+        }
+        Err(e) => {
+            log::warn!("copy to {}: {e}", ends.fifo.display());
+            None
+        }
     }
 }
 
@@ -99,8 +148,9 @@ pub(super) async fn copy_out(mut from: impl AsyncRead + Unpin, fifo: PathBuf, op
 /// process's exit by about 30 ms.
 const EIO_GRACE: Duration = Duration::from_millis(30);
 
-/// Copies until EOF, or until a pty's EIO has lasted [`EIO_GRACE`].
-async fn copy_to_end(from: &mut (impl AsyncRead + Unpin), to: &mut (impl AsyncWrite + Unpin)) -> std::io::Result<()> {
+/// Copies until EOF, or until a pty's EIO has lasted [`EIO_GRACE`];
+/// `Ok(true)` if halted between two reads instead.
+async fn copy_to_end(from: &mut (impl AsyncRead + Unpin), to: &mut (impl AsyncWrite + Unpin)) -> std::io::Result<bool> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // Most containers of a node never write a byte: until the first read
     // returns, a copy holds a 64-byte buffer, not 8 KiB (two per container,
@@ -110,10 +160,15 @@ async fn copy_to_end(from: &mut (impl AsyncRead + Unpin), to: &mut (impl AsyncWr
     let mut pause = Duration::from_millis(1);
     let mut waited = Duration::ZERO;
     loop {
-        let read = if big.is_empty() { from.read(&mut small).await } else { from.read(&mut big).await };
+        // A read is cancel-safe: nothing is taken from the pipe unless it returns.
+        let read = tokio::select! {
+            biased;
+            _ = halted() => return Ok(true),
+            r = async { if big.is_empty() { from.read(&mut small).await } else { from.read(&mut big).await } } => r,
+        };
         let buf: &[u8] = if big.is_empty() { &small } else { &big };
         match read {
-            Ok(0) => return Ok(()),
+            Ok(0) => return Ok(false),
             Ok(n) => {
                 if waited > Duration::ZERO {
                     log::debug!("pty: {n} bytes after EIO, {}ms into the grace", waited.as_millis());
@@ -127,7 +182,7 @@ async fn copy_to_end(from: &mut (impl AsyncRead + Unpin), to: &mut (impl AsyncWr
             }
             Err(e) if e.raw_os_error() == Some(libc::EIO) => {
                 if waited >= EIO_GRACE {
-                    return Ok(());
+                    return Ok(false);
                 }
                 tokio::time::sleep(pause).await;
                 waited += pause;
@@ -176,9 +231,29 @@ fn unread(fd: &impl AsRawFd) -> usize {
 
 /// Copies containerd's stdin fifo into the container until every writer
 /// (the client's and, after CloseIO, no longer the shim's) is gone.
-pub(super) async fn copy_in(mut from: pipe::Receiver, mut to: impl AsyncWrite + Unpin) {
-    if let Err(e) = tokio::io::copy(&mut from, &mut to).await {
-        log::debug!("copy stdin: {e}");
+/// Halted between two reads, it returns its ends.
+pub(super) async fn copy_in(mut from: pipe::Receiver, mut to: pipe::Sender) -> Option<InEnds> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = tokio::select! {
+            biased;
+            _ = halted() => return Some(InEnds { from, to }),
+            r = from.read(&mut buf) => r,
+        };
+        match n {
+            Ok(0) => return None,
+            Ok(n) => {
+                if let Err(e) = to.write_all(&buf[..n]).await {
+                    log::debug!("copy stdin: {e}");
+                    return None;
+                }
+            }
+            Err(e) => {
+                log::debug!("copy stdin: {e}");
+                return None;
+            }
+        }
     }
 }
 

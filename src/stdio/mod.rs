@@ -33,6 +33,7 @@ use crate::reaper::Reaper;
 use crate::runtime::RuntimeIo;
 
 pub use console::ConsoleSocket;
+pub use copy::{halt_copies, InEnds, OutEnds};
 pub use uri::{parse_target, Target};
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +70,7 @@ fn os(what: &'static str) -> impl FnOnce(std::io::Error) -> StdioError {
 }
 
 /// The stdio a task or exec request names.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StdioConfig {
     pub stdin: String,
     pub stdout: String,
@@ -191,13 +192,23 @@ async fn prepare_ends(cfg: &StdioConfig, namespace: &str, id: &str, reaper: &Rea
 
 /// The live side of a process's stdio.
 pub struct IoHandle {
-    stdin: Mutex<Option<JoinHandle<()>>>,
+    stdin: Mutex<Option<JoinHandle<Option<InEnds>>>>,
     /// A writer the shim holds on the stdin fifo, so the container sees EOF
     /// only once CloseIO drops it and the client's writer is gone too, after
     /// everything in the fifo was copied (as runc-v2 does).
     stdin_keepalive: Mutex<Option<std::fs::File>>,
-    outputs: Mutex<Vec<JoinHandle<()>>>,
+    outputs: Mutex<Vec<JoinHandle<Option<OutEnds>>>>,
     console: Option<OwnedFd>,
+}
+
+/// A process's stdio with its copies stopped (see [`halt_copies`]): what a
+/// new binary needs to carry them on.
+#[derive(Default)]
+pub struct IoEnds {
+    pub stdin: Option<InEnds>,
+    pub stdin_keepalive: Option<std::fs::File>,
+    pub outputs: Vec<OutEnds>,
+    pub console: Option<OwnedFd>,
 }
 
 impl Prepared {
@@ -275,6 +286,36 @@ fn set_nonblocking(fd: &OwnedFd) -> Result<()> {
 }
 
 impl IoHandle {
+    /// Waits for the copies [`halt_copies`] stopped and takes their fds;
+    /// copies that ended meanwhile are simply gone.
+    pub async fn halt(&self) -> IoEnds {
+        let mut ends = IoEnds { stdin_keepalive: lock(&self.stdin_keepalive).take(), ..Default::default() };
+        let stdin = lock(&self.stdin).take();
+        if let Some(task) = stdin {
+            ends.stdin = task.await.ok().flatten();
+        }
+        let outputs: Vec<_> = std::mem::take(&mut *lock(&self.outputs));
+        for t in outputs {
+            if let Ok(Some(o)) = t.await {
+                ends.outputs.push(o);
+            }
+        }
+        ends.console = self.console.as_ref().and_then(|c| c.try_clone().ok());
+        ends
+    }
+
+    /// Carries on the copies of halted stdio.
+    pub fn resume(ends: IoEnds) -> IoHandle {
+        let stdin = ends.stdin.map(|i| tokio::spawn(copy::copy_in(i.from, i.to)));
+        let outputs = ends.outputs.into_iter().map(|o| tokio::spawn(copy::finish_out(o))).collect();
+        IoHandle {
+            stdin: Mutex::new(stdin),
+            stdin_keepalive: Mutex::new(ends.stdin_keepalive),
+            outputs: Mutex::new(outputs),
+            console: ends.console,
+        }
+    }
+
     pub fn has_console(&self) -> bool {
         self.console.is_some()
     }
