@@ -14,6 +14,10 @@ pub struct Flags {
     pub version: bool,
     pub info: bool,
     pub action: String,
+    /// The fd of the state a previous binary handed over (server only).
+    pub upgrade_state: String,
+    /// `upgrade`: the binary to upgrade to (default: the one each shim was started from).
+    pub binary: String,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -54,7 +58,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Flags, ArgsError
             "debug" => f.debug = boolean(inline)?,
             "v" | "version" => f.version = boolean(inline)?,
             "info" => f.info = boolean(inline)?,
-            "namespace" | "id" | "address" | "publish-binary" | "socket" | "bundle" => {
+            "namespace" | "id" | "address" | "publish-binary" | "socket" | "bundle" | "upgrade-state" | "binary" => {
                 let value = match inline {
                     Some(v) => v,
                     None => it.next().ok_or_else(|| ArgsError::NoValue(name.into()))?,
@@ -65,6 +69,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Flags, ArgsError
                     "address" => f.address = value,
                     "publish-binary" => f.publish_binary = value,
                     "socket" => f.socket = value,
+                    "upgrade-state" => f.upgrade_state = value,
+                    "binary" => f.binary = value,
                     _ => f.bundle = value,
                 }
             }

@@ -12,7 +12,11 @@ fn main() {
         }
     };
     if flags.version {
-        println!("containerd-shim-keel-v1:\n  Version: {}\n  Runtime: io.containerd.keel.v1", env!("CARGO_PKG_VERSION"));
+        println!(
+            "containerd-shim-keel-v1:\n  Version: {}\n  Revision: {}\n  Runtime: io.containerd.keel.v1",
+            env!("CARGO_PKG_VERSION"),
+            keel::upgrade::revision()
+        );
         return;
     }
     if flags.info {
@@ -25,8 +29,10 @@ fn main() {
     let res = match flags.action.as_str() {
         "start" => manager::start(&flags),
         "delete" => manager::delete(&flags),
+        "upgrade" => keel::upgrade::upgrade_action(&flags),
+        "upgrade-check" => keel::upgrade::check_action(),
         "" => serve::run(&flags),
-        other => Err(error::Error::InvalidArgument(format!("unknown action {other:?} (want start or delete)"))),
+        other => Err(error::Error::InvalidArgument(format!("unknown action {other:?} (want start, delete, upgrade or upgrade-check)"))),
     };
     if let Err(e) = res {
         eprintln!("containerd-shim-keel-v1: {e}");
