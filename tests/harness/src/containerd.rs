@@ -113,6 +113,12 @@ impl Containerd {
     /// Starts a private containerd of `line` under /tmp/keel-it, with the
     /// freshly built shim, and waits until it answers `ctr version`.
     pub fn start(line: Line) -> Containerd {
+        Containerd::start_with_shim(line, built_shim())
+    }
+
+    /// [`Containerd::start`] serving io.containerd.keel.v1 with the binary at
+    /// `shim` (the upgrade tests replace it under running shims).
+    pub fn start_with_shim(line: Line, shim: PathBuf) -> Containerd {
         let n = next_n();
         let dir = PathBuf::from(IT_BASE).join(format!(
             "{}-{}-{}",
@@ -127,7 +133,7 @@ impl Containerd {
         Containerd::launch(&Launch {
             line,
             dir,
-            shim: built_shim(),
+            shim,
             runc_shim: None,
             ns: format!("kit-{}-{}", std::process::id(), n),
             log_level: "debug",
