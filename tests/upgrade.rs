@@ -155,6 +155,11 @@ fn running_containers_survive(line: Line, _rt: &'static str) {
         shims.sort();
         shims.dedup();
         assert_eq!(shims.len(), 5, "{} one shim per container, one for the pod of 3: {shims:?}", t.tag);
+        // What `upgrade` without -socket would ask: every Keel shim of the node, these among them.
+        let node = ::keel::upgrade::running_shims();
+        for (socket, _) in &shims {
+            assert!(node.contains(&socket.to_string_lossy().into_owned()), "{} `upgrade` would not find {socket:?}: {node:?}", t.tag);
+        }
         for (socket, pid) in &shims {
             let started = std::time::Instant::now();
             let o = upgrade(socket, &[]);
@@ -162,6 +167,10 @@ fn running_containers_survive(line: Line, _rt: &'static str) {
             assert_upgraded(&t, &o, *pid, &after);
         }
 
+        // Each shim's log says what it runs now.
+        let log = std::fs::read_to_string(&t.cd.log).unwrap_or_default();
+        let said = log.lines().filter(|l| l.contains(&format!("upgraded: now running Keel 0.1.0 ({after})"))).count();
+        assert_eq!(said, shims.len(), "{} shims that logged their new revision", t.tag);
         // Every container is still there with the same pid, in the same state.
         for (id, pid) in &pids {
             let want = if id == &paused { "PAUSED" } else { "RUNNING" };

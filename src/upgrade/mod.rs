@@ -145,8 +145,9 @@ impl Upgrader {
             return Err(Error::InvalidArgument("upgrade: the request has no nonce".into()));
         }
         if self.resumed_nonce.as_deref() == Some(req.nonce.as_str()) {
-            log::info!("upgraded: now running {VERSION} from {}", own_path().map(|p| p.display().to_string()).unwrap_or_default());
-            return Ok(self.reply());
+            let reply = self.reply();
+            log::info!("upgraded: now running Keel {} ({}) from {}", reply.version, reply.revision, reply.binary);
+            return Ok(reply);
         }
         if self.running.swap(true, Ordering::SeqCst) {
             return Err(Error::FailedPrecondition("upgrade: another upgrade of this shim is in progress".into()));
@@ -218,7 +219,7 @@ impl Upgrader {
         // OOM monitors stopped in the hand-over may have published last.
         let flushed = self.publisher.flush(EVENTS_LIMIT).await;
         let (e, images) = match (images, flushed) {
-            (Ok(images), true) => self.exec(binary, nonce, images, fds),
+            (Ok(images), true) => self.exec(binary, nonce, images, fds).await,
             (Ok(images), false) => {
                 fds.release();
                 (Error::Unavailable("upgrade: containerd has not taken the shim's last events".into()), images)
@@ -238,7 +239,7 @@ impl Upgrader {
     /// Checks the new binary on the state, then execs it. Returns only on
     /// refusal: why, and the images to take the tasks back up from (their
     /// fds released to them).
-    fn exec(&self, binary: &Path, nonce: &str, images: Vec<ContainerImage>, fds: Passed) -> (Error, Vec<ContainerImage>) {
+    async fn exec(&self, binary: &Path, nonce: &str, images: Vec<ContainerImage>, fds: Passed) -> (Error, Vec<ContainerImage>) {
         let state = ShimState {
             format: FORMAT,
             version: VERSION.to_string(),
@@ -256,7 +257,7 @@ impl Upgrader {
             Ok(f) => f,
             Err(e) => return fail(e, state, fds),
         };
-        if let Err(e) = run_check(binary, &memfd) {
+        if let Err(e) = run_check(binary, &memfd).await {
             return fail(e, state, fds);
         }
         let mut keep: Vec<RawFd> = fds.raw();
@@ -373,7 +374,7 @@ pub fn check_action() -> Result<()> {
 
 /// Runs `binary upgrade-check` on the state. Exits are held (the reaper is
 /// not collecting), so the child is waited for by its own pid.
-fn run_check(binary: &Path, state: &std::fs::File) -> Result<()> {
+async fn run_check(binary: &Path, state: &std::fs::File) -> Result<()> {
     let stdin = state.try_clone().map_err(|e| Error::io("dup the upgrade state", e))?;
     let out = memfd("keel-upgrade-check")?;
     let child = std::process::Command::new(binary)
@@ -385,8 +386,6 @@ fn run_check(binary: &Path, state: &std::fs::File) -> Result<()> {
         .map_err(|e| Error::io(format!("upgrade: run {} upgrade-check", binary.display()), e))?;
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let started = std::time::Instant::now();
-    // A blocking wait of a few milliseconds, once per upgrade: the shim
-    // serves nothing meanwhile anyway (its connections are held).
     let status = loop {
         match nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
             Ok(nix::sys::wait::WaitStatus::StillAlive) => {
@@ -399,7 +398,7 @@ fn run_check(binary: &Path, state: &std::fs::File) -> Result<()> {
                         CHECK_LIMIT.as_secs()
                     )));
                 }
-                std::thread::sleep(Duration::from_millis(1));
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
             Ok(ws) => break crate::reaper::status_of(ws).map(|e| e.status).unwrap_or(-1),
             Err(e) => return Err(Error::io("wait for upgrade-check", e.into())),
@@ -445,7 +444,7 @@ impl MethodHandler for Handler {
 }
 
 /// The sockets of every Keel shim server on this node.
-fn running_shims() -> Vec<String> {
+pub fn running_shims() -> Vec<String> {
     let mut sockets = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else { return sockets };
     for e in dir.flatten() {
