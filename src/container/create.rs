@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::events::Publisher;
 use crate::options::RuntimeOptions;
 use crate::reaper::{Exit, Reaper};
-use crate::runtime::{read_pid_file, CreateOpts, OciRuntime, Runtime};
+use crate::runtime::{read_pid_file, CreateOpts, OciRuntime};
 use crate::stdio::{self, StdioConfig};
 
 pub struct CreateRequest {
@@ -47,13 +47,7 @@ impl Container {
     /// already died during the runtime call. With a checkpoint, only the
     /// container is set up: the restore runs at Start, as with runc-v2.
     pub async fn create(req: CreateRequest, reaper: Reaper, publisher: Publisher) -> Result<(Arc<Container>, Option<Exit>)> {
-        let runtime = Runtime::new(
-            req.options.binary(),
-            &req.options.root_for(&req.namespace),
-            &req.bundle,
-            req.options.systemd_cgroup,
-            reaper.clone(),
-        );
+        let runtime = Container::runtime_for(&req.options, &req.namespace, &req.bundle, &reaper);
         Container::create_with(req, Arc::new(runtime), reaper, publisher).await
     }
 

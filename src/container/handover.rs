@@ -7,20 +7,18 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use containerd_shim_protos::events::task::TaskOOM;
 use serde::{Deserialize, Serialize};
 use tokio::net::unix::pipe;
 
 use super::process::{Process, Restored, Status};
 use super::{lock, Container, ExitGate};
-use crate::cgroups::oom::{OomMonitor, Seen};
+use crate::cgroups::oom::Seen;
 use crate::cgroups::Cgroup;
 use crate::error::{Error, Result};
 use crate::events::Publisher;
 use crate::fdpass::{take, Passed};
 use crate::options::RuntimeOptions;
 use crate::reaper::{Exit, Reaper};
-use crate::runtime::Runtime;
 use crate::stdio::{InEnds, IoEnds, IoHandle, OutEnds, StdioConfig};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -166,13 +164,7 @@ impl Container {
     /// The fds `img` names are this process's and owned by nobody: a
     /// hand-over passed them (see [`crate::fdpass::take`]).
     pub unsafe fn take_over(img: ContainerImage, reaper: Reaper, publisher: Publisher) -> Result<Arc<Container>> {
-        let runtime = Runtime::new(
-            img.options.binary(),
-            &img.options.root_for(&img.namespace),
-            &img.bundle,
-            img.options.systemd_cgroup,
-            reaper.clone(),
-        );
+        let runtime = Container::runtime_for(&img.options, &img.namespace, &img.bundle, &reaper);
         let id = img.id.clone();
         // SAFETY: per this function's contract.
         let init = unsafe { restore_process(img.init, &id) }?;
@@ -208,17 +200,8 @@ impl Container {
             }
         }
         if let Some(cg) = img.cgroup {
-            if let Some(seen) = img.oom {
-                let (publisher, ns, id) = (container.publisher.clone(), container.namespace.clone(), container.id.clone());
-                match OomMonitor::start_from(&cg, Some(seen), move || {
-                    log::info!("task {id}: OOM kill");
-                    publisher.publish(&ns, TaskOOM { container_id: id.clone(), ..Default::default() });
-                }) {
-                    Ok(m) => {
-                        let _ = container.oom.set(m);
-                    }
-                    Err(e) => log::warn!("task {}: OOM monitor after the upgrade: {e}", container.id),
-                }
+            if img.oom.is_some() {
+                container.watch_oom(&cg, img.oom);
             }
             let _ = container.cgroup.set(cg);
         }

@@ -244,8 +244,14 @@ impl Container {
                 return;
             }
         };
+        self.watch_oom(&cg, None);
+        let _ = self.cgroup.set(cg);
+    }
+
+    /// Starts the OOM monitor, from what an earlier one had seen if given.
+    fn watch_oom(&self, cg: &Cgroup, seen: Option<crate::cgroups::oom::Seen>) {
         let (publisher, ns, id) = (self.publisher.clone(), self.namespace.clone(), self.id.clone());
-        match OomMonitor::start(&cg, move || {
+        match OomMonitor::start_from(cg, seen, move || {
             log::info!("task {id}: OOM kill");
             publisher.publish(&ns, TaskOOM { container_id: id.clone(), ..Default::default() });
         }) {
@@ -254,7 +260,11 @@ impl Container {
             }
             Err(e) => log::warn!("task {}: OOM monitor: {e}", self.id),
         }
-        let _ = self.cgroup.set(cg);
+    }
+
+    /// The runtime driver for a container's options, namespace and bundle.
+    fn runtime_for(options: &RuntimeOptions, namespace: &str, bundle: &std::path::Path, reaper: &Reaper) -> crate::runtime::Runtime {
+        crate::runtime::Runtime::new(options.binary(), &options.root_for(namespace), bundle, options.systemd_cgroup, reaper.clone())
     }
 
     /// Publishes an OOM kill the monitor has not reported yet.

@@ -176,6 +176,21 @@ struct Track {
 }
 
 impl Track {
+    fn new(fd: RawFd, replay: Vec<u8>) -> Self {
+        Track {
+            fd,
+            read: Framing::default(),
+            write: Framing::default(),
+            current: Vec::new(),
+            current_stream: 0,
+            current_is_request: false,
+            answering: u32::MAX,
+            open: BTreeMap::new(),
+            replay,
+            closed: false,
+        }
+    }
+
     fn on_read(&mut self, bytes: &[u8]) {
         if self.read.at_boundary() {
             self.current.clear();
@@ -214,18 +229,7 @@ pub struct Conn {
 impl Conn {
     /// `replay` are whole request frames the previous binary had read.
     pub fn new(stream: UnixStream, gate: Arc<Gate>, replay: Vec<Vec<u8>>) -> Self {
-        let track = Arc::new(Mutex::new(Track {
-            fd: stream.as_raw_fd(),
-            read: Framing::default(),
-            write: Framing::default(),
-            current: Vec::new(),
-            current_stream: 0,
-            current_is_request: false,
-            answering: u32::MAX,
-            open: BTreeMap::new(),
-            replay: replay.concat(),
-            closed: false,
-        }));
+        let track = Arc::new(Mutex::new(Track::new(stream.as_raw_fd(), replay.concat())));
         lock(&gate.conns).push(Arc::downgrade(&track));
         Conn { stream, track, gate }
     }
@@ -337,18 +341,7 @@ mod tests {
     }
 
     fn track() -> Track {
-        Track {
-            fd: -1,
-            read: Framing::default(),
-            write: Framing::default(),
-            current: Vec::new(),
-            current_stream: 0,
-            current_is_request: false,
-            answering: u32::MAX,
-            open: BTreeMap::new(),
-            replay: Vec::new(),
-            closed: false,
-        }
+        Track::new(-1, Vec::new())
     }
 
     /// Feeds `bytes` to the read side as the connection would: never past a part's end.
