@@ -253,11 +253,6 @@ impl Reaper {
         self.lock().commands.values().filter(|tx| !tx.is_closed()).count()
     }
 
-    /// Exits collected and not yet delivered.
-    pub fn undelivered(&self) -> usize {
-        self.lock().undelivered
-    }
-
     /// Collects what exited while held.
     pub fn reap_now(&self) {
         self.reap_all();

@@ -34,12 +34,10 @@ pub fn run(flags: &Flags) -> Result<()> {
         "" => None,
         fd => Some(take_state(fd)?),
     };
-    match resumed.as_ref().and_then(|s| s.log) {
-        // SAFETY: the previous binary kept its log fd open for us and named it.
-        Some(fd) => match unsafe { crate::fdpass::take(fd) } {
-            Ok(fd) => crate::logger::init_from(fd.into(), flags.debug, &flags.namespace, &flags.id),
-            Err(_) => crate::logger::init(&bundle, flags.debug, &flags.namespace, &flags.id),
-        },
+    // SAFETY: the previous binary kept its log fd open for us and named it.
+    let log_fd = resumed.as_ref().and_then(|s| s.log).and_then(|fd| unsafe { crate::fdpass::take(fd) }.ok());
+    match log_fd {
+        Some(fd) => crate::logger::init_from(fd.into(), flags.debug, &flags.namespace, &flags.id),
         None => crate::logger::init(&bundle, flags.debug, &flags.namespace, &flags.id),
     }
     // Container processes are reparented to the shim, which reaps them.
